@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Everything the project needs, idempotent and quick when already done:
+#   - .venv with the pinned Python packages (pyproject.toml + constraints.txt)
+#   - redis-server (Debian package) for the shared profile and its tests
+#   - the Dapr runtime and CLI (scripts/install-dapr.sh; skipped when in place)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+say() { printf '[setup] %s\n' "$*"; }
+
+python="${PYTHON:-python3}"
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || { echo "[setup] ERROR: Python >= 3.11 is needed ($python is $("$python" --version 2>&1))" >&2; exit 1; }
+
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv"
+  "$python" -m venv .venv
+fi
+stamp=.venv/.installed-$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
+if [ ! -e "$stamp" ]; then
+  say "installing Python packages into .venv"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing redis-server (Debian package)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null
+    # The package's own service is not used: the project starts redis-server itself.
+    service redis-server stop >/dev/null 2>&1 || true
+  else
+    say "WARNING: redis-server is missing; install it (apt-get install redis-server) for the redis profile"
+  fi
+fi
+
+bash scripts/install-dapr.sh
+say "ready"

@@ -1,0 +1,42 @@
+"""``python -m worker``: run the worker until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from worker.config import load_settings
+from worker.service import WorkerService
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = load_settings(sys.argv[1:] if argv is None else argv)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("worker")  # the SDK's loggers have handlers of their own
+    root.addHandler(handler)
+    root.setLevel(settings.log_level.upper())
+    root.propagate = False
+    service = WorkerService(settings)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger("worker").info("received %s: shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        service.start()
+        stop.wait()
+    finally:
+        service.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

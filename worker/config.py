@@ -1,0 +1,108 @@
+"""All configuration in one place: environment variables (``WORKER_*``) and command-line flags.
+
+Flags win over environment variables, which win over the defaults below.
+``python -m worker --help`` lists every setting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.events import EventType
+
+
+class Settings(BaseSettings):
+    """Settings of one worker process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="WORKER_",
+        cli_kebab_case=True,
+        cli_prog_name="python -m worker",
+        cli_implicit_flags=True,
+        extra="ignore",
+    )
+
+    app_port: int = Field(
+        default=50051,
+        description="Port of the gRPC app that the sidecar calls (dapr run sets APP_PORT).",
+        validation_alias=AliasChoices("app_port", "WORKER_APP_PORT", "APP_PORT"),
+    )
+    app_id: str = Field(
+        default="workflow-worker",
+        description="Dapr app-id, used as the source of published events.",
+        validation_alias=AliasChoices("app_id", "WORKER_APP_ID", "APP_ID"),
+    )
+    pubsub_name: str = Field(default="pubsub", description="Pub/sub component for all topics.")
+    start_topic: str = "workflow.start"
+    approval_topic: str = "workflow.approval"
+    control_topic: str = "workflow.control"
+    status_topic: str = "workflow.status"
+    dead_letter_topic: str | None = Field(
+        default=None, description="Rejected messages are moved here when set."
+    )
+    state_store: str = Field(
+        default="statestore", description="State store for idempotency records."
+    )
+    idempotency_ttl_seconds: int = Field(
+        default=7 * 24 * 3600, ge=60, description="How long a handled message is remembered."
+    )
+    claim_lease_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="A claim on a message older than this is taken over by a redelivery.",
+    )
+    call_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Deadline of every call to the sidecar."
+    )
+    max_concurrency: int = Field(
+        default=16, ge=1, le=256, description="Messages handled at once (gRPC thread pool)."
+    )
+    max_transient_attempts: int = Field(
+        default=50,
+        ge=1,
+        description="A message still failing transiently after this many tries is rejected.",
+    )
+    allowed_workflows: list[str] | None = Field(
+        default=None,
+        description="Workflows that messages may start; default: every registered workflow.",
+    )
+    workflow_modules: list[str] = Field(
+        default_factory=list,
+        description="Python modules with user workflows to host (each defines register(registry)).",
+    )
+    status_events: list[EventType] | None = Field(
+        default=None, description="Event types to publish; default: all."
+    )
+    status_events_per_workflow: dict[str, list[EventType]] = Field(
+        default_factory=dict,
+        description='Per-workflow override of status_events, JSON: {"name": ["completed"]}.',
+    )
+    max_status_payload_bytes: int = Field(
+        default=240_000,
+        ge=4_096,
+        description="Status events above this size have output/input truncated and flagged.",
+    )
+    shutdown_grace_seconds: float = Field(
+        default=20.0, ge=0, description="How long SIGTERM waits for in-flight messages."
+    )
+    log_level: str = "INFO"
+    sdk_log_level: str = Field(
+        default="WARNING", description="Log level of the Dapr SDK's workflow client and runtime."
+    )
+
+    @model_validator(mode="after")
+    def _distinct_topics(self) -> Settings:
+        topics = [self.start_topic, self.approval_topic, self.control_topic, self.status_topic]
+        if len(set(topics)) != len(topics):
+            raise ValueError(f"topics must be distinct, got {topics}")
+        return self
+
+
+def load_settings(argv: Sequence[str] | None = None) -> Settings:
+    """Settings from the environment, overridden by ``argv`` flags (``None``: no flags)."""
+    if argv is None:
+        return Settings()
+    return Settings(_cli_parse_args=list(argv))  # type: ignore[call-arg]

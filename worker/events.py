@@ -1,0 +1,107 @@
+"""Outbound status events: the `data` of every CloudEvent the worker publishes on the status topic.
+
+The CloudEvent around it: ``type`` = ``EVENT_TYPE_PREFIX + event``, ``subject`` = instance id,
+``id`` = stable for one transition (a redelivery republishes the same id), ``source`` = app-id.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+EVENT_TYPE_PREFIX = "io.github.dapr-workflow-worker.v1."
+_ID_NAMESPACE = uuid.UUID("6f1c9f2e-4c1a-4b57-9a8e-5f0a6a3c2d10")
+
+
+class EventType(StrEnum):
+    """What happened. `rejected` is about a request; `state` answers a query."""
+
+    SCHEDULED = "scheduled"
+    STARTED = "started"
+    SUSPENDED = "suspended"
+    RESUMED = "resumed"
+    EVENT_RAISED = "event_raised"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    TERMINATED = "terminated"
+    PURGED = "purged"
+    REJECTED = "rejected"
+    STATE = "state"
+
+
+class FailureInfo(BaseModel):
+    """Why a workflow failed."""
+
+    message: str
+    type: str | None = None
+    stack_trace: str | None = None
+
+
+class StatusEvent(BaseModel):
+    """One status change of one instance, or the outcome of one request."""
+
+    model_config = ConfigDict(
+        title="StatusEvent",
+        json_schema_extra={
+            "examples": [
+                {
+                    "event": "started",
+                    "instance_id": "order-1001",
+                    "workflow": "approval_workflow",
+                    "status": "RUNNING",
+                    "previous_status": None,
+                    "occurred_at": "2026-11-22T10:00:00Z",
+                    "correlation_id": "msg-42",
+                },
+                {
+                    "event": "rejected",
+                    "instance_id": "order-1001",
+                    "status": "COMPLETED",
+                    "reason": "cannot suspend: instance is COMPLETED",
+                    "occurred_at": "2026-11-22T10:05:00Z",
+                    "correlation_id": "msg-43",
+                },
+            ]
+        },
+    )
+
+    event: EventType
+    instance_id: str | None = Field(default=None, description="Absent for a bulk request.")
+    workflow: str | None = Field(default=None, description="Workflow name, where known.")
+    status: str | None = Field(
+        default=None, description="Runtime status after the change (RUNNING, COMPLETED, ...)."
+    )
+    previous_status: str | None = Field(default=None, description="Status before, where known.")
+    created_at: datetime | None = None
+    last_updated_at: datetime | None = None
+    occurred_at: datetime = Field(description="When the worker saw the change.")
+    output: JsonValue = Field(default=None, description="Workflow output (completed, state).")
+    input: JsonValue = Field(default=None, description="Workflow input (state).")
+    custom_status: JsonValue = None
+    failure: FailureInfo | None = None
+    reason: str | None = Field(default=None, description="Given reason, or why a request failed.")
+    correlation_id: str | None = Field(
+        default=None,
+        description="CloudEvent id of the message that caused this; absent for "
+        "changes the workflow made itself.",
+    )
+    event_name: str | None = Field(default=None, description="For event_raised.")
+    count: int | None = Field(default=None, description="For a bulk purge: instances purged.")
+    truncated: bool = Field(
+        default=False, description="True when output/input were cut to fit the broker."
+    )
+
+    def cloudevent_type(self) -> str:
+        return EVENT_TYPE_PREFIX + self.event.value
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def stable_event_id(*parts: str) -> str:
+    """A CloudEvent id that is the same every time the same transition is reported."""
+    return str(uuid.uuid5(_ID_NAMESPACE, "\x1f".join(parts)))

@@ -1,0 +1,189 @@
+"""The one place that calls the sidecar's workflow API.
+
+Every call has a deadline, and every failure leaves as `Rejected` or `Transient`
+(see `worker.outcomes`). Most calls go through `DaprWorkflowClient`. A few go to the same
+sidecar API through the SDK's generated stub, because the 1.18 client cannot express them:
+suspend/resume with a reason, raise/terminate with a falsy payload (the client drops
+``false``, ``0``, ``{}``), and listing instance ids.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+import grpc
+from dapr.conf import settings as dapr_settings
+from dapr.ext.workflow import DaprWorkflowClient, LoggerOptions
+from dapr.ext.workflow._durabletask.internal import orchestrator_service_pb2 as pb
+from dapr.ext.workflow._durabletask.internal import orchestrator_service_pb2_grpc as stubs
+from google.protobuf import wrappers_pb2
+
+from worker.outcomes import Transient, raise_classified
+
+T = TypeVar("T")
+
+ACTIVE_STATUSES = frozenset({"RUNNING", "PENDING", "SUSPENDED", "STALLED"})
+TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "TERMINATED"})
+
+
+@dataclass(frozen=True)
+class InstanceState:
+    """What the sidecar knows about one instance, in plain types."""
+
+    instance_id: str
+    workflow: str
+    status: str
+    created_at: datetime | None
+    last_updated_at: datetime | None
+    input: Any = None
+    output: Any = None
+    custom_status: Any = None
+    failure_message: str | None = None
+    failure_type: str | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+def _json_or_text(raw: str | None) -> Any:
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def _payload(value: Any) -> wrappers_pb2.StringValue | None:
+    return None if value is None else wrappers_pb2.StringValue(value=json.dumps(value))
+
+
+class WorkflowGateway:
+    """Workflow-management calls with deadlines and classified errors."""
+
+    def __init__(
+        self, timeout_seconds: float, address: str | None = None, sdk_log_level: str = "WARNING"
+    ) -> None:
+        self._timeout = timeout_seconds
+        # The SDK applies this deadline to every unary call of its clients.
+        dapr_settings.DAPR_API_TIMEOUT_SECONDS = timeout_seconds
+        self._client = DaprWorkflowClient(
+            logger_options=LoggerOptions(log_level=sdk_log_level.upper())
+        )
+        target = address or f"{dapr_settings.DAPR_RUNTIME_HOST}:{dapr_settings.DAPR_GRPC_PORT}"
+        self._channel = grpc.insecure_channel(target)
+        self._stub = stubs.TaskHubSidecarServiceStub(self._channel)
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("dapr-api-token", dapr_settings.DAPR_API_TOKEN),)
+            if dapr_settings.DAPR_API_TOKEN
+            else ()
+        )
+
+    def close(self) -> None:
+        self._client.close()
+        self._channel.close()
+
+    def _call(self, doing: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except grpc.RpcError as error:
+            raise_classified(error, doing)
+            raise  # unreachable: raise_classified always raises
+        except TimeoutError as error:
+            raise Transient(f"{doing}: timed out") from error
+
+    def get_state(self, instance_id: str, *, payloads: bool = True) -> InstanceState | None:
+        state = self._call(
+            f"get state of {instance_id}",
+            lambda: self._client.get_workflow_state(instance_id, fetch_payloads=payloads),
+        )
+        if state is None:
+            return None
+        failure = state.failure_details
+        return InstanceState(
+            instance_id=instance_id,
+            workflow=state.name,
+            status=state.runtime_status.name,
+            created_at=state.created_at,
+            last_updated_at=state.last_updated_at,
+            input=_json_or_text(state.serialized_input),
+            output=_json_or_text(state.serialized_output),
+            custom_status=_json_or_text(state.serialized_custom_status),
+            failure_message=failure.message if failure else None,
+            failure_type=failure.error_type if failure else None,
+        )
+
+    def start(self, workflow: str, instance_id: str, data: Any, start_at: datetime | None) -> None:
+        self._call(
+            f"start {workflow} as {instance_id}",
+            lambda: self._client.schedule_new_workflow(
+                workflow, input=data, instance_id=instance_id, start_at=start_at
+            ),
+        )
+
+    def raise_event(self, instance_id: str, event_name: str, data: Any) -> None:
+        request = pb.RaiseEventRequest(
+            instanceId=instance_id, name=event_name, input=_payload(data)
+        )
+        self._call(
+            f"raise {event_name} into {instance_id}",
+            lambda: self._stub.RaiseEvent(request, timeout=self._timeout, metadata=self._metadata),
+        )
+
+    def suspend(self, instance_id: str, reason: str | None) -> None:
+        request = pb.SuspendRequest(instanceId=instance_id, reason=_payload(reason))
+        self._call(
+            f"suspend {instance_id}",
+            lambda: self._stub.SuspendInstance(
+                request, timeout=self._timeout, metadata=self._metadata
+            ),
+        )
+
+    def resume(self, instance_id: str, reason: str | None) -> None:
+        request = pb.ResumeRequest(instanceId=instance_id, reason=_payload(reason))
+        self._call(
+            f"resume {instance_id}",
+            lambda: self._stub.ResumeInstance(
+                request, timeout=self._timeout, metadata=self._metadata
+            ),
+        )
+
+    def terminate(self, instance_id: str, output: Any, recursive: bool) -> None:
+        request = pb.TerminateRequest(
+            instanceId=instance_id, output=_payload(output), recursive=recursive
+        )
+        self._call(
+            f"terminate {instance_id}",
+            lambda: self._stub.TerminateInstance(
+                request, timeout=self._timeout, metadata=self._metadata
+            ),
+        )
+
+    def purge(self, instance_id: str, recursive: bool) -> None:
+        self._call(
+            f"purge {instance_id}",
+            lambda: self._client.purge_workflow(instance_id, recursive=recursive),
+        )
+
+    def instance_ids(self, page_size: int = 500) -> Iterator[str]:
+        """Every instance id the sidecar's app-id has, page by page."""
+        token: str | None = None
+        while True:
+            request = pb.ListInstanceIDsRequest(pageSize=page_size)
+            if token:
+                request.continuationToken = token
+            page = self._call(
+                "list instances",
+                lambda r=request: self._stub.ListInstanceIDs(  # type: ignore[misc]
+                    r, timeout=self._timeout, metadata=self._metadata
+                ),
+            )
+            yield from page.instanceIds
+            token = page.continuationToken if page.HasField("continuationToken") else None
+            if not token:
+                return

@@ -1,0 +1,1 @@
+"""One handler per topic, and the pipeline that runs them."""

@@ -1,0 +1,68 @@
+"""Turns the CloudEvent a subscription receives into a validated message model."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from worker.outcomes import Rejected
+
+M = TypeVar("M")
+
+# Content types whose data is read as JSON. Dapr uses text/plain when a publisher gives none.
+_JSON_TYPES = ("application/json", "text/json", "text/plain", "")
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """One delivered message, as the sidecar handed it over."""
+
+    topic: str
+    message_id: str
+    source: str
+    content_type: str
+    data: bytes
+
+    def describe(self) -> str:
+        return f"message {self.message_id} from {self.source or '?'} on {self.topic}"
+
+
+def _json_body(message: Inbound) -> Any:
+    content_type = message.content_type.split(";")[0].strip().lower()
+    if content_type not in _JSON_TYPES and not content_type.endswith("+json"):
+        raise Rejected(f"unsupported content type {message.content_type!r}: send application/json")
+    try:
+        text = message.data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise Rejected(f"data is not UTF-8 text: {error}") from error
+    try:
+        body = json.loads(text)
+        if isinstance(body, str) and body.lstrip().startswith("{"):
+            body = json.loads(body)  # JSON published as a text/plain string
+    except ValueError as error:
+        raise Rejected(f"data is not valid JSON: {error}") from error
+    if not isinstance(body, dict):
+        raise Rejected(f"data must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+def _explain(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors(include_url=False):
+        where = ".".join(str(p) for p in item["loc"]) or "message"
+        parts.append(f"{where}: {item['msg']}")
+    return "invalid message: " + "; ".join(parts)
+
+
+def parse(message: Inbound, model: type[BaseModel] | TypeAdapter[Any]) -> Any:
+    """Validate ``message`` against ``model``; any problem is a `Rejected` with the reason."""
+    body = _json_body(message)
+    try:
+        if isinstance(model, TypeAdapter):
+            return model.validate_python(body)
+        return model.model_validate(body)
+    except ValidationError as error:
+        raise Rejected(_explain(error)) from error

@@ -1,0 +1,197 @@
+"""The straight line every message takes, whatever its topic.
+
+CloudEvent in -> claim (idempotency) -> topic handler (validation, one sidecar call) ->
+record -> status events out -> success, retry or drop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from typing import Protocol
+
+from cloudevents.sdk.event import v1
+from dapr.clients.grpc._response import TopicEventResponse
+
+from worker.events import EventType, StatusEvent, now, stable_event_id
+from worker.handlers.inbound import Inbound
+from worker.idempotency import Begin, Claim, IdempotencyStore, message_key
+from worker.outcomes import Rejected, Transient
+from worker.publisher import Outbound, StatusPublisher
+
+log = logging.getLogger(__name__)
+audit = logging.getLogger("worker.audit")
+
+_ATTEMPTS_REMEMBERED = 10_000
+
+
+class TopicHandler(Protocol):
+    """Handles one topic's messages: validates, calls the sidecar, reports what happened."""
+
+    def handle(self, message: Inbound, claim: Claim) -> list[Outbound]:
+        """Do the message's work once. Raise `Rejected` or `Transient` when it cannot."""
+        ...
+
+
+class InFlight:
+    """Counts messages being handled, so shutdown can wait for them."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = threading.Condition()
+        self.draining = False
+
+    def __enter__(self) -> None:
+        with self._idle:
+            self._count += 1
+
+    def __exit__(self, *_: object) -> None:
+        with self._idle:
+            self._count -= 1
+            self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._idle:
+            return self._idle.wait_for(lambda: self._count == 0, timeout=timeout)
+
+
+def rejection(
+    message: Inbound,
+    reason: str,
+    *,
+    instance_id: str | None = None,
+    workflow: str | None = None,
+    status: str | None = None,
+) -> Outbound:
+    event = StatusEvent(
+        event=EventType.REJECTED,
+        instance_id=instance_id,
+        workflow=workflow,
+        status=status,
+        reason=reason,
+        correlation_id=message.message_id,
+        occurred_at=now(),
+    )
+    key = message_key(message.topic, message.source, message.message_id)
+    return Outbound(stable_event_id(key, EventType.REJECTED.value), event)
+
+
+class Pipeline:
+    """Runs a `TopicHandler` for each delivery and maps the result to a pub/sub response."""
+
+    def __init__(
+        self, store: IdempotencyStore, publisher: StatusPublisher, max_transient_attempts: int
+    ) -> None:
+        self._store = store
+        self._publisher = publisher
+        self._max_attempts = max_transient_attempts
+        self._attempts: OrderedDict[str, int] = OrderedDict()
+        self._lock = threading.Lock()
+        self.in_flight = InFlight()
+
+    def __call__(self, topic: str, handler: TopicHandler, event: v1.Event) -> TopicEventResponse:
+        if self.in_flight.draining:
+            return TopicEventResponse("retry")  # shutting down: let another replica have it
+        message = Inbound(
+            topic=topic,
+            message_id=str(event.EventID() or ""),
+            source=str(event.Source() or ""),
+            content_type=str(event.ContentType() or ""),
+            data=_as_bytes(event.Data()),
+        )
+        with self.in_flight:
+            return self._run(handler, message)
+
+    def _run(self, handler: TopicHandler, message: Inbound) -> TopicEventResponse:
+        key = message_key(message.topic, message.source, message.message_id)
+        try:
+            claim = self._store.begin(key)
+            if claim.outcome is Begin.DONE:
+                log.info(
+                    "duplicate %s: republishing its %d event(s)",
+                    message.describe(),
+                    len(claim.events),
+                )
+                self._publisher.publish_all(claim.events)
+                return TopicEventResponse("success")
+            if claim.outcome is Begin.BUSY:
+                log.info("%s is being handled by another delivery: retry later", message.describe())
+                return TopicEventResponse("retry")
+        except Transient as error:
+            log.warning("retry %s: %s", message.describe(), error)
+            return TopicEventResponse("retry")
+
+        status = "success"
+        try:
+            events = handler.handle(message, claim)
+        except Rejected as error:
+            events = [
+                rejection(
+                    message,
+                    error.reason,
+                    status=error.status,
+                    instance_id=error.instance_id,
+                    workflow=error.workflow,
+                )
+            ]
+            status = "drop"
+        except Exception as error:  # Transient, or a bug: retry, but not for ever
+            if self._count_attempt(key) < self._max_attempts:
+                log.warning(
+                    "retry %s: %s",
+                    message.describe(),
+                    error,
+                    exc_info=not isinstance(error, Transient),
+                )
+                self._store.release(key)
+                return TopicEventResponse("retry")
+            reason = f"gave up after {self._max_attempts} attempts; last error: {error}"
+            events, status = [rejection(message, reason)], "drop"
+
+        try:
+            self._store.finish(key, events)
+            self._publisher.publish_all(events)
+        except Transient as error:
+            log.warning("retry %s: %s", message.describe(), error)
+            return TopicEventResponse("retry")
+        self._forget_attempts(key)
+        self._audit(message, events, status)
+        return TopicEventResponse(status)
+
+    def _count_attempt(self, key: str) -> int:
+        with self._lock:
+            count = self._attempts.pop(key, 0) + 1
+            self._attempts[key] = count
+            while len(self._attempts) > _ATTEMPTS_REMEMBERED:
+                self._attempts.popitem(last=False)
+            return count
+
+    def _forget_attempts(self, key: str) -> None:
+        with self._lock:
+            self._attempts.pop(key, None)
+
+    @staticmethod
+    def _audit(message: Inbound, events: list[Outbound], status: str) -> None:
+        for outbound in events:
+            e = outbound.event
+            audit.info(
+                "topic=%s message=%s source=%s event=%s instance=%s outcome=%s reason=%s",
+                message.topic,
+                message.message_id,
+                message.source,
+                e.event.value,
+                e.instance_id,
+                status,
+                e.reason,
+            )
+            if status == "drop":
+                log.warning("rejected %s: %s", message.describe(), e.reason)
+
+
+def _as_bytes(data: object) -> bytes:
+    if data is None:
+        return b""
+    if isinstance(data, bytes):
+        return data
+    return str(data).encode()

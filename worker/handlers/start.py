@@ -1,0 +1,82 @@
+"""`workflow.start`: start an instance, at most once per message."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection
+from datetime import timedelta
+
+from worker.events import EventType, now
+from worker.gateway import WorkflowGateway
+from worker.handlers.inbound import Inbound, parse
+from worker.handlers.report import report
+from worker.idempotency import Begin, Claim
+from worker.messages import StartWorkflow
+from worker.outcomes import Rejected
+from worker.publisher import Outbound
+
+_ID_NAMESPACE = uuid.UUID("0b7e4b8c-2f33-4c52-8a1d-6d1f7e0c9a41")
+# Clock skew tolerated when deciding that an instance was created by an earlier delivery.
+_SKEW = timedelta(seconds=5)
+
+
+def derived_instance_id(workflow: str, message: Inbound) -> str:
+    """The same message always names the same instance (never a random id)."""
+    digest = uuid.uuid5(_ID_NAMESPACE, f"{message.source}\n{message.message_id}").hex[:20]
+    return f"{workflow}-{digest}"
+
+
+class StartHandler:
+    def __init__(self, gateway: WorkflowGateway, allowed: Collection[str]) -> None:
+        self._gateway = gateway
+        self._allowed = allowed
+
+    def handle(self, message: Inbound, claim: Claim) -> list[Outbound]:
+        request: StartWorkflow = parse(message, StartWorkflow)
+        if request.workflow not in self._allowed:
+            raise Rejected(
+                f"workflow {request.workflow!r} is not allowed here; allowed: "
+                f"{', '.join(sorted(self._allowed)) or 'none'}"
+            )
+        instance_id = request.instance_id or derived_instance_id(request.workflow, message)
+        existing = self._gateway.get_state(instance_id, payloads=False)
+        if existing is not None:
+            if self._created_by_earlier_delivery(claim, existing.created_at):
+                return [self._started(message, request, instance_id)]
+            if not existing.is_terminal:
+                raise Rejected(
+                    f"instance {instance_id} already exists and is {existing.status}",
+                    status=existing.status,
+                    instance_id=instance_id,
+                    workflow=request.workflow,
+                )
+            if not request.replace:
+                raise Rejected(
+                    f"instance {instance_id} already finished ({existing.status}); send "
+                    "replace: true to start it again (this wipes its history)",
+                    status=existing.status,
+                    instance_id=instance_id,
+                    workflow=request.workflow,
+                )
+        self._gateway.start(request.workflow, instance_id, request.input, request.start_at)
+        return [self._started(message, request, instance_id)]
+
+    @staticmethod
+    def _created_by_earlier_delivery(claim: Claim, created_at: object) -> bool:
+        """After a crash mid-way, the instance a stale claim's holder made is ours."""
+        if claim.outcome is not Begin.TAKEN_OVER or claim.previous_claimed_at is None:
+            return False
+        if not hasattr(created_at, "timestamp"):
+            return False
+        return bool(created_at.timestamp() >= claim.previous_claimed_at - _SKEW.total_seconds())
+
+    @staticmethod
+    def _started(message: Inbound, request: StartWorkflow, instance_id: str) -> Outbound:
+        delayed = request.start_at is not None and request.start_at > now()
+        return report(
+            message,
+            EventType.SCHEDULED if delayed else EventType.STARTED,
+            instance_id,
+            workflow=request.workflow,
+            status="PENDING" if delayed else "RUNNING",
+        )

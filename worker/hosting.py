@@ -1,0 +1,162 @@
+"""Hosts workflows in this app-id, and reports the changes they make themselves.
+
+Every workflow registered here (the built-in samples and any a user registers) is wrapped so
+that when it completes or fails it calls the activity ``worker_report_status``, which publishes
+the status event. Because that is a workflow activity, the engine retries it after a crash or
+SIGKILL of the worker: a completion is reported at least once, under a stable CloudEvent id.
+
+A user module is any importable module with a ``register(registry)`` function; name it in
+``WORKER_WORKFLOW_MODULES`` (see README, "Your own workflows").
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+from collections.abc import Callable, Generator, Iterable
+from datetime import timedelta
+from typing import Any
+
+from dapr.ext.workflow import (
+    DaprWorkflowContext,
+    LoggerOptions,
+    RetryPolicy,
+    WorkflowActivityContext,
+    WorkflowRuntime,
+)
+
+from worker.events import EventType, FailureInfo, StatusEvent, stable_event_id
+from worker.publisher import Outbound, StatusPublisher
+
+log = logging.getLogger(__name__)
+
+REPORT_ACTIVITY = "worker_report_status"
+
+# Keep retrying the report for about an hour while the broker or sidecar is down.
+_REPORT_RETRY = RetryPolicy(
+    first_retry_interval=timedelta(seconds=1),
+    max_number_of_attempts=80,
+    backoff_coefficient=2.0,
+    max_retry_interval=timedelta(seconds=60),
+)
+
+
+class _TrackingContext:
+    """The workflow's context, noting whether the workflow continued as new."""
+
+    def __init__(self, ctx: DaprWorkflowContext) -> None:
+        self._ctx = ctx
+        self.continued_as_new = False
+
+    def continue_as_new(self, new_input: Any, *, save_events: bool = False) -> None:
+        self.continued_as_new = True
+        self._ctx.continue_as_new(new_input, save_events=save_events)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ctx, name)
+
+
+def _report(ctx: DaprWorkflowContext, workflow: str, started: str, **fields: Any) -> Any:
+    event = StatusEvent(
+        instance_id=ctx.instance_id,
+        workflow=workflow,
+        occurred_at=ctx.current_utc_datetime,
+        **fields,
+    )
+    event_id = stable_event_id(ctx.instance_id, started, event.event.value)
+    return ctx.call_activity(
+        REPORT_ACTIVITY,
+        input=Outbound(event_id, event).to_record(),
+        retry_policy=_REPORT_RETRY,
+    )
+
+
+def reporting(fn: Callable[..., Any], name: str) -> Callable[..., Generator[Any, Any, Any]]:
+    """Wrap workflow ``fn`` so that its completion or failure is published."""
+    takes_input = len(inspect.signature(fn).parameters) > 1
+
+    def workflow(ctx: DaprWorkflowContext, data: Any = None) -> Generator[Any, Any, Any]:
+        started = ctx.current_utc_datetime.isoformat()  # deterministic under replay
+        tracked = _TrackingContext(ctx)
+        try:
+            result = fn(tracked, data) if takes_input else fn(tracked)
+            if inspect.isgenerator(result):
+                result = yield from result
+        except Exception as error:
+            failure = FailureInfo(message=str(error), type=type(error).__name__)
+            try:
+                yield _report(
+                    ctx,
+                    name,
+                    started,
+                    event=EventType.FAILED,
+                    status="FAILED",
+                    failure=failure,
+                    created_at=started,
+                )
+            except Exception:
+                log.exception("could not report failure of %s", ctx.instance_id)
+            raise
+        if not tracked.continued_as_new:
+            try:
+                yield _report(
+                    ctx,
+                    name,
+                    started,
+                    event=EventType.COMPLETED,
+                    status="COMPLETED",
+                    output=result,
+                    created_at=started,
+                )
+            except Exception:
+                log.exception("could not report completion of %s", ctx.instance_id)
+        return result
+
+    workflow.__name__ = name
+    workflow.__doc__ = fn.__doc__
+    return workflow
+
+
+class WorkflowRegistry:
+    """What a user module's ``register(registry)`` receives."""
+
+    def __init__(self, runtime: WorkflowRuntime) -> None:
+        self._runtime = runtime
+        self.workflow_names: list[str] = []
+
+    def workflow(self, fn: Callable[..., Any], *, name: str | None = None) -> None:
+        """Host workflow ``fn`` under ``name`` (default: the function's name)."""
+        workflow_name = name or fn.__name__
+        if workflow_name in self.workflow_names:
+            raise ValueError(f"workflow {workflow_name!r} is registered twice")
+        self._runtime.register_workflow(reporting(fn, workflow_name), name=workflow_name)
+        self.workflow_names.append(workflow_name)
+
+    def activity(self, fn: Callable[..., Any], *, name: str | None = None) -> None:
+        """Host activity ``fn``; workflows call it by the function or by ``name``."""
+        self._runtime.register_activity(fn, name=name)
+
+
+def build_runtime(
+    publisher: StatusPublisher, user_modules: Iterable[str], sdk_log_level: str = "WARNING"
+) -> tuple[WorkflowRuntime, WorkflowRegistry]:
+    """A runtime with the report activity, the sample workflows and the user's modules."""
+    from worker import workflows
+
+    runtime = WorkflowRuntime(logger_options=LoggerOptions(log_level=sdk_log_level.upper()))
+
+    def report_status(ctx: WorkflowActivityContext, record: dict[str, Any]) -> None:
+        publisher.publish(Outbound.from_record(record))
+
+    runtime.register_activity(report_status, name=REPORT_ACTIVITY)
+    registry = WorkflowRegistry(runtime)
+    workflows.register(registry)
+    for module_name in user_modules:
+        module = importlib.import_module(module_name)
+        register = getattr(module, "register", None)
+        if not callable(register):
+            raise ValueError(f"workflow module {module_name!r} has no register(registry)")
+        register(registry)
+        log.info("loaded workflows from %s", module_name)
+    return runtime, registry

@@ -1,0 +1,147 @@
+"""Remembers handled messages in the Dapr state store, so a redelivery has no second effect.
+
+Two keys per message, both with a time-to-live:
+- ``claim``: written insert-only (first-write concurrency, no etag) before the effect. Only one
+  delivery of a message can hold it; a claim older than the lease is taken over (its holder
+  died mid-way).
+- ``done``: written after the effect, holding the status events to publish. A redelivery that
+  finds it republishes those events (same CloudEvent ids) and has no other effect.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Protocol
+
+import grpc
+from dapr.clients.grpc._state import Concurrency, StateOptions
+
+from worker.outcomes import Transient
+from worker.publisher import Outbound
+
+log = logging.getLogger(__name__)
+
+_PREFIX = "wfw"
+
+
+class StateClient(Protocol):
+    """The part of `dapr.clients.DaprClient` the store uses."""
+
+    def save_state(
+        self, store_name: str, key: str, value: bytes | str, *args: Any, **kwargs: Any
+    ) -> Any: ...
+
+    def get_state(self, store_name: str, key: str, *args: Any, **kwargs: Any) -> Any: ...
+
+    def delete_state(self, store_name: str, key: str, *args: Any, **kwargs: Any) -> Any: ...
+
+
+class Begin(Enum):
+    NEW = "new"  # first delivery: go ahead
+    TAKEN_OVER = "taken_over"  # an earlier delivery claimed it and vanished: go ahead, carefully
+    DONE = "done"  # handled before: republish its events, nothing else
+    BUSY = "busy"  # another delivery is handling it right now: retry later
+
+
+@dataclass
+class Claim:
+    outcome: Begin
+    key: str
+    previous_claimed_at: float | None = None
+    events: list[Outbound] = field(default_factory=list)
+
+
+def message_key(topic: str, source: str, message_id: str) -> str:
+    """Identity of a message: CloudEvents are unique by (source, id); per topic."""
+    digest = hashlib.sha256(f"{topic}\n{source}\n{message_id}".encode()).hexdigest()
+    return digest[:40]
+
+
+class IdempotencyStore:
+    def __init__(
+        self, client: StateClient, store_name: str, ttl_seconds: int, lease_seconds: float
+    ) -> None:
+        self._client = client
+        self._store = store_name
+        self._ttl = {"ttlInSeconds": str(ttl_seconds)}
+        self._lease = lease_seconds
+        self._first_write = StateOptions(concurrency=Concurrency.first_write)
+
+    def _claim_key(self, key: str) -> str:
+        return f"{_PREFIX}|claim|{key}"
+
+    def _done_key(self, key: str) -> str:
+        return f"{_PREFIX}|done|{key}"
+
+    def begin(self, key: str) -> Claim:
+        """Claim ``key`` for this delivery, or say why not."""
+        claim = json.dumps({"claimed_at": time.time()})
+        try:
+            self._client.save_state(
+                self._store,
+                self._claim_key(key),
+                claim,
+                options=self._first_write,
+                state_metadata=self._ttl,
+            )
+            return Claim(Begin.NEW, key)
+        except grpc.RpcError as error:
+            conflict = error  # most likely: the claim exists; find out below
+        done = self._get(self._done_key(key))
+        if done is not None:
+            events = [Outbound.from_record(r) for r in json.loads(done[0])["events"]]
+            return Claim(Begin.DONE, key, events=events)
+        existing = self._get(self._claim_key(key))
+        if existing is None:
+            raise Transient(f"could not claim message {key}: {conflict}") from conflict
+        raw, etag = existing
+        claimed_at = float(json.loads(raw)["claimed_at"])
+        if time.time() - claimed_at < self._lease:
+            return Claim(Begin.BUSY, key, previous_claimed_at=claimed_at)
+        try:
+            self._client.save_state(
+                self._store,
+                self._claim_key(key),
+                claim,
+                etag=etag,
+                options=self._first_write,
+                state_metadata=self._ttl,
+            )
+        except grpc.RpcError:
+            return Claim(Begin.BUSY, key, previous_claimed_at=claimed_at)
+        log.warning(
+            "took over stale claim on message %s (claimed %.0fs ago)", key, time.time() - claimed_at
+        )
+        return Claim(Begin.TAKEN_OVER, key, previous_claimed_at=claimed_at)
+
+    def finish(self, key: str, events: list[Outbound]) -> None:
+        """Record that ``key`` was handled, with the events that report it."""
+        record = json.dumps({"events": [e.to_record() for e in events]})
+        try:
+            self._client.save_state(
+                self._store, self._done_key(key), record, state_metadata=self._ttl
+            )
+        except grpc.RpcError as error:
+            raise Transient(f"record message {key} as handled: {error}") from error
+
+    def release(self, key: str) -> None:
+        """Give the claim back after a transient failure, so the redelivery can go ahead."""
+        try:
+            self._client.delete_state(self._store, self._claim_key(key))
+        except grpc.RpcError as error:
+            log.warning("could not release claim %s (it expires by lease): %s", key, error)
+
+    def _get(self, key: str) -> tuple[str, str] | None:
+        try:
+            response = self._client.get_state(self._store, key)
+        except grpc.RpcError as error:
+            raise Transient(f"read idempotency record {key}: {error}") from error
+        if not response.data:
+            return None
+        data = response.data
+        return (data.decode() if isinstance(data, bytes) else str(data)), response.etag

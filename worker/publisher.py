@@ -1,0 +1,116 @@
+"""Publishes status events as CloudEvents on the status topic, through the sidecar."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+
+from worker.config import Settings
+from worker.events import EventType, StatusEvent
+from worker.outcomes import Transient
+
+log = logging.getLogger(__name__)
+
+_TRUNCATED_PREVIEW_CHARS = 1_000
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """A status event with the CloudEvent id it is always published under."""
+
+    event_id: str
+    event: StatusEvent
+
+    def to_record(self) -> dict[str, Any]:
+        return {"id": self.event_id, "event": self.event.model_dump(mode="json")}
+
+    @staticmethod
+    def from_record(record: dict[str, Any]) -> Outbound:
+        return Outbound(record["id"], StatusEvent.model_validate(record["event"]))
+
+
+class PublishClient(Protocol):
+    """The part of `dapr.clients.DaprClient` the publisher uses."""
+
+    def publish_event(
+        self,
+        pubsub_name: str,
+        topic_name: str,
+        data: bytes | str,
+        publish_metadata: dict[str, str] = ...,
+        metadata: Any = ...,
+        data_content_type: str | None = ...,
+    ) -> Any: ...
+
+
+def _shrink(event: StatusEvent, limit: int) -> bytes:
+    """The JSON of ``event``, with bulky fields cut to a preview when it exceeds ``limit``."""
+    body = event.model_dump_json(exclude_none=True).encode()
+    if len(body) <= limit:
+        return body
+    cut: dict[str, Any] = {"truncated": True}
+    for field in ("output", "input", "custom_status"):
+        value = getattr(event, field)
+        if value is not None:
+            cut[field] = json.dumps(value)[:_TRUNCATED_PREVIEW_CHARS]
+    if event.failure is not None:
+        cut["failure"] = event.failure.model_copy(
+            update={
+                "stack_trace": None,
+                "message": event.failure.message[:_TRUNCATED_PREVIEW_CHARS],
+            }
+        )
+    if event.reason is not None:
+        cut["reason"] = event.reason[:_TRUNCATED_PREVIEW_CHARS]
+    return event.model_copy(update=cut).model_dump_json(exclude_none=True).encode()
+
+
+class StatusPublisher:
+    """Publishes `Outbound` events, honouring the configured event-type filters."""
+
+    def __init__(self, client: PublishClient, settings: Settings) -> None:
+        self._client = client
+        self._settings = settings
+        self._enabled = set(settings.status_events) if settings.status_events else None
+        self._per_workflow = {k: set(v) for k, v in settings.status_events_per_workflow.items()}
+
+    def wanted(self, event: StatusEvent) -> bool:
+        if event.workflow is not None and event.workflow in self._per_workflow:
+            return event.event in self._per_workflow[event.workflow]
+        return self._enabled is None or event.event in self._enabled
+
+    def publish(self, outbound: Outbound) -> None:
+        event = outbound.event
+        if not self.wanted(event):
+            return
+        subject = event.instance_id or ""
+        metadata = {
+            "cloudevent.id": outbound.event_id,
+            "cloudevent.type": event.cloudevent_type(),
+            "cloudevent.source": self._settings.app_id,
+        }
+        if subject:
+            metadata["cloudevent.subject"] = subject
+            metadata["partitionKey"] = subject
+        try:
+            self._client.publish_event(
+                pubsub_name=self._settings.pubsub_name,
+                topic_name=self._settings.status_topic,
+                data=_shrink(event, self._settings.max_status_payload_bytes),
+                data_content_type="application/json",
+                publish_metadata=metadata,
+            )
+        except grpc.RpcError as error:
+            raise Transient(f"publish {event.event} for {subject}: {error}") from error
+
+    def publish_all(self, events: Iterable[Outbound]) -> None:
+        for outbound in events:
+            self.publish(outbound)
+
+
+ALL_EVENT_TYPES = frozenset(EventType)
