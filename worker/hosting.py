@@ -20,11 +20,12 @@ from typing import Any
 
 from dapr.ext.workflow import (
     DaprWorkflowContext,
-    LoggerOptions,
     RetryPolicy,
     WorkflowActivityContext,
     WorkflowRuntime,
 )
+
+from dapr.ext.workflow.logger import LoggerOptions
 
 from worker.events import EventType, FailureInfo, StatusEvent, stable_event_id
 from worker.publisher import Outbound, StatusPublisher

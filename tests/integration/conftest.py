@@ -1,0 +1,257 @@
+"""Fixtures that bring up the real stack for integration tests.
+
+Session-wide: placement, scheduler and a Redis server (shared broker and state store), a
+status observer (a separate subscriber app with its own sidecar, as a real consumer would be),
+and one worker with its sidecar. Everything runs on free ports and is stopped at the end,
+also when a test fails; a failing test prints the logs of every process.
+"""
+
+from __future__ import annotations
+
+import json
+
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cloudevents.sdk.event import v1
+from dapr.ext.grpc import App
+from dapr.ext.workflow import DaprWorkflowClient
+
+from scripts import devstack
+
+STATUS_TOPICS = ("workflow.status", "purge.workflow.status")
+DEAD_LETTER_TOPICS = ("workflow.deadletter",)
+
+
+@dataclass
+class Received:
+    """One CloudEvent as the observer received it."""
+
+    id: str
+    type: str
+    source: str
+    topic: str
+    subject: str | None
+    data: dict[str, Any]
+
+
+@dataclass
+class Observer:
+    """Collects what arrives on the status and dead-letter topics; publishes test messages."""
+
+    http_port: int = 0
+    received: list[Received] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, topic: str, event: v1.Event) -> None:
+        raw = event.Data()
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        try:
+            data = json.loads(text) if text else {}
+        except ValueError:
+            data = {"_raw": text}
+        extensions = event.Extensions() or {}
+        with self.lock:
+            self.received.append(
+                Received(
+                    id=str(event.EventID()),
+                    type=str(event.EventType()),
+                    source=str(event.Source()),
+                    topic=topic,
+                    subject=extensions.get("subject"),
+                    data=data if isinstance(data, dict) else {"_value": data},
+                )
+            )
+
+    def events(self, topic: str = "workflow.status") -> list[Received]:
+        with self.lock:
+            return [r for r in self.received if r.topic == topic]
+
+    def for_instance(self, instance_id: str, topic: str = "workflow.status") -> list[Received]:
+        return [r for r in self.events(topic) if r.data.get("instance_id") == instance_id]
+
+    def for_message(self, message_id: str, topic: str = "workflow.status") -> list[Received]:
+        return [r for r in self.events(topic) if r.data.get("correlation_id") == message_id]
+
+    def wait_for(
+        self,
+        what: str,
+        select: Callable[[], list[Received]],
+        count: int = 1,
+        timeout: float = 60,
+    ) -> list[Received]:
+        """Wait until ``select()`` returns at least ``count`` events."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = select()
+            if len(found) >= count:
+                return found
+            time.sleep(0.1)
+        raise AssertionError(
+            f"timed out after {timeout}s waiting for {what}; got "
+            f"{[(r.data.get('event'), r.data.get('instance_id')) for r in select()]}"
+        )
+
+    def publish(
+        self,
+        topic: str,
+        data: Any,
+        *,
+        message_id: str | None = None,
+        source: str = "integration-tests",
+        content_type: str = "application/json",
+        raw: bytes | None = None,
+    ) -> str:
+        """Publish one CloudEvent with a known id, the way any Dapr client would."""
+        message_id = message_id or str(uuid.uuid4())
+        if raw is not None:  # data as given, in a plain (non-CloudEvent) publish
+            body, headers = raw, {"Content-Type": content_type}
+            url = self._url(topic) + f"?metadata.cloudevent.id={message_id}"
+        else:
+            envelope = {
+                "specversion": "1.0",
+                "id": message_id,
+                "source": source,
+                "type": "com.example.request",
+                "datacontenttype": content_type,
+                "data": data,
+            }
+            body = json.dumps(envelope).encode()
+            headers = {"Content-Type": "application/cloudevents+json"}
+            url = self._url(topic)
+        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 204, response.status
+        return message_id
+
+    def _url(self, topic: str) -> str:
+        return f"http://127.0.0.1:{self.http_port}/v1.0/publish/pubsub/{topic}"
+
+
+@dataclass
+class Worker:
+    """A worker process with its sidecar, and a workflow client on that sidecar."""
+
+    sidecar: devstack.Sidecar
+    proc: devstack.Proc
+    client: DaprWorkflowClient
+    topic_prefix: str = ""
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+    def wait_status(self, instance_id: str, statuses: set[str], timeout: float = 60) -> Any:
+        deadline = time.monotonic() + timeout
+        state = None
+        while time.monotonic() < deadline:
+            state = self.client.get_workflow_state(instance_id, fetch_payloads=True)
+            if state is not None and state.runtime_status.name in statuses:
+                return state
+            time.sleep(0.2)
+        got = state.runtime_status.name if state else None
+        raise AssertionError(f"{instance_id} not in {statuses} after {timeout}s (is {got})")
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devstack.Stack]:
+    for binary in ("daprd", "placement", "scheduler"):
+        if not devstack.dapr_bin(binary).exists():
+            pytest.fail(f"{devstack.dapr_bin(binary)} is missing: run scripts/setup.sh")
+    with devstack.Stack(tmp_path_factory.mktemp("stack")) as running:
+        try:
+            running.start_placement()
+            running.start_scheduler()
+            running.start_redis()
+        except Exception:
+            print(running.failed_logs())
+            raise
+        yield running
+
+
+@pytest.fixture(scope="session")
+def observer(stack: devstack.Stack) -> Iterator[Observer]:
+    collected = Observer()
+    app = App()
+    app.register_health_check(lambda: None)
+    for topic in (*STATUS_TOPICS, *DEAD_LETTER_TOPICS):
+
+        def on_event(event: v1.Event, topic: str = topic) -> None:
+            collected.record(topic, event)
+
+        on_event.__name__ = f"on_{topic.replace('.', '_')}"
+        app.subscribe("pubsub", topic)(on_event)
+    app_port = devstack.free_port()
+    thread = threading.Thread(target=app.run, args=(app_port,), daemon=True)
+    thread.start()
+    devstack.wait_until(lambda: devstack.port_open(app_port), 10, "observer app")
+    sidecar = stack.start_sidecar(
+        "status-observer", stack.components("redis"), app_port=app_port, wait_for_app=True
+    )
+    collected.http_port = sidecar.http_port
+    yield collected
+    sidecar.proc.stop()
+    app.stop()
+
+
+def start_worker(
+    stack: devstack.Stack,
+    app_id: str,
+    *,
+    profile: str = "redis",
+    env: dict[str, str] | None = None,
+    topic_prefix: str = "",
+    name: str | None = None,
+) -> Worker:
+    app_port = devstack.free_port()
+    workdir = stack.workdir / (name or app_id)
+    workdir.mkdir(exist_ok=True)
+    sidecar = stack.start_sidecar(
+        app_id, stack.components(profile), app_port=app_port, cwd=workdir, name=f"daprd-{name or app_id}"
+    )
+    worker_env = {
+        "WORKER_APP_ID": app_id,
+        "WORKER_DEAD_LETTER_TOPIC": "workflow.deadletter",
+        "WORKER_WORKFLOW_MODULES": '["tests.integration.user_workflows"]',
+        "WORKER_CLAIM_LEASE_SECONDS": "5",
+        "PYTHONPATH": str(devstack.PROJECT),
+        **{
+            f"WORKER_{t.upper()}_TOPIC": f"{topic_prefix}workflow.{t}"
+            for t in ("start", "approval", "control", "status")
+        },
+        **(env or {}),
+    }
+    proc = stack.start_worker(sidecar, name=name or app_id, env=worker_env)
+    client = DaprWorkflowClient(host="127.0.0.1", port=str(sidecar.grpc_port))
+    return Worker(sidecar, proc, client, topic_prefix)
+
+
+@pytest.fixture(scope="session")
+def worker(stack: devstack.Stack, observer: Observer) -> Iterator[Worker]:
+    running = start_worker(stack, "workflow-worker")
+    yield running
+    running.client.close()
+
+
+@pytest.fixture(autouse=True)
+def _logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Print every process's log tail when an integration test fails."""
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed and "stack" in request.fixturenames:
+        running: devstack.Stack = request.getfixturevalue("stack")
+        print(running.failed_logs())
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+PROJECT: Path = devstack.PROJECT
+
