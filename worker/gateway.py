@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 import grpc
 from dapr.conf import settings as dapr_settings
 from dapr.ext.workflow import DaprWorkflowClient
-from dapr.ext.workflow.logger import LoggerOptions
 from dapr.ext.workflow._durabletask.internal import orchestrator_service_pb2 as pb
 from dapr.ext.workflow._durabletask.internal import orchestrator_service_pb2_grpc as stubs
+from dapr.ext.workflow.logger import LoggerOptions
 from google.protobuf import wrappers_pb2
 
 from worker.outcomes import Transient, raise_classified

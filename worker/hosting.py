@@ -24,7 +24,6 @@ from dapr.ext.workflow import (
     WorkflowActivityContext,
     WorkflowRuntime,
 )
-
 from dapr.ext.workflow.logger import LoggerOptions
 
 from worker.events import EventType, FailureInfo, StatusEvent, stable_event_id

@@ -8,8 +8,8 @@ also when a test fails; a failing test prints the logs of every process.
 
 from __future__ import annotations
 
+import base64
 import json
-
 import threading
 import time
 import urllib.request
@@ -111,21 +111,20 @@ class Observer:
     ) -> str:
         """Publish one CloudEvent with a known id, the way any Dapr client would."""
         message_id = message_id or str(uuid.uuid4())
-        if raw is not None:  # data as given, in a plain (non-CloudEvent) publish
-            body, headers = raw, {"Content-Type": content_type}
-            url = self._url(topic) + f"?metadata.cloudevent.id={message_id}"
+        envelope: dict[str, Any] = {
+            "specversion": "1.0",
+            "id": message_id,
+            "source": source,
+            "type": "com.example.request",
+            "datacontenttype": content_type,
+        }
+        if raw is not None:  # exact bytes, whatever they are
+            envelope["data_base64"] = base64.b64encode(raw).decode()
         else:
-            envelope = {
-                "specversion": "1.0",
-                "id": message_id,
-                "source": source,
-                "type": "com.example.request",
-                "datacontenttype": content_type,
-                "data": data,
-            }
-            body = json.dumps(envelope).encode()
-            headers = {"Content-Type": "application/cloudevents+json"}
-            url = self._url(topic)
+            envelope["data"] = data
+        body = json.dumps(envelope).encode()
+        headers = {"Content-Type": "application/cloudevents+json"}
+        url = self._url(topic)
         request = urllib.request.Request(url, data=body, headers=headers, method="POST")
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 204, response.status
@@ -213,7 +212,11 @@ def start_worker(
     workdir = stack.workdir / (name or app_id)
     workdir.mkdir(exist_ok=True)
     sidecar = stack.start_sidecar(
-        app_id, stack.components(profile), app_port=app_port, cwd=workdir, name=f"daprd-{name or app_id}"
+        app_id,
+        stack.components(profile),
+        app_port=app_port,
+        cwd=workdir,
+        name=f"daprd-{name or app_id}",
     )
     worker_env = {
         "WORKER_APP_ID": app_id,
@@ -254,4 +257,3 @@ def unique(prefix: str) -> str:
 
 
 PROJECT: Path = devstack.PROJECT
-

@@ -13,8 +13,11 @@ def _order(instance_id: str, timeout_seconds: float = 300) -> dict[str, Any]:
     return {
         "workflow": "approval_workflow",
         "instance_id": instance_id,
-        "input": {"order_id": instance_id, "amount": 5000,
-                  "approval_timeout_seconds": timeout_seconds},
+        "input": {
+            "order_id": instance_id,
+            "amount": 5000,
+            "approval_timeout_seconds": timeout_seconds,
+        },
     }
 
 
@@ -65,8 +68,7 @@ def test_order_times_out_without_decision(worker: Worker, observer: Observer) ->
     instance_id = unique("order")
     observer.publish("workflow.start", _order(instance_id, timeout_seconds=2))
     output = _output(worker, instance_id)
-    assert output == {"order_id": instance_id, "status": "rejected",
-                      "reason": "approval timed out"}
+    assert output == {"order_id": instance_id, "status": "rejected", "reason": "approval timed out"}
 
 
 def test_event_published_before_the_workflow_waits_is_delivered(
@@ -81,9 +83,7 @@ def test_event_published_before_the_workflow_waits_is_delivered(
     start_id = observer.publish("workflow.start", start)
     scheduled = observer.wait_for("scheduled", lambda: observer.for_message(start_id))[0]
     assert scheduled.data["event"] == "scheduled"
-    approval_id = observer.publish(
-        "workflow.approval", {"instance_id": instance_id, "data": True}
-    )
+    approval_id = observer.publish("workflow.approval", {"instance_id": instance_id, "data": True})
     raised = observer.wait_for("event_raised", lambda: observer.for_message(approval_id))[0]
     assert raised.data["event"] == "event_raised"
     assert raised.data["status"] == "PENDING", "raised before the workflow ran"
@@ -101,9 +101,7 @@ def test_duplicate_approval_raises_the_event_once(worker: Worker, observer: Obse
     events = observer.wait_for("2 reports", lambda: observer.for_message(message_id), count=2)
     assert {e.id for e in events} == {events[0].id}
     _output(worker, instance_id)
-    history = [
-        e for e in worker_history(worker, instance_id) if e == "eventRaised"
-    ]
+    history = [e for e in worker_history(worker, instance_id) if e == "eventRaised"]
     assert len(history) == 1, history
 
 
@@ -113,18 +111,17 @@ def test_approval_for_unknown_instance_is_rejected(worker: Worker, observer: Obs
     assert rejected.data["event"] == "rejected"
     assert "unknown instance" in rejected.data["reason"]
     dead = observer.wait_for(
-        "dead letter", lambda: [
-            e for e in observer.events("workflow.deadletter") if e.id == message_id
-        ]
+        "dead letter",
+        lambda: [e for e in observer.events("workflow.deadletter") if e.id == message_id],
     )
     assert dead[0].data["instance_id"].startswith("nobody-")
 
 
 def worker_history(worker: Worker, instance_id: str) -> list[str]:
     """Names of the history events of an instance (GetInstanceHistory)."""
+    import grpc
     from dapr.ext.workflow._durabletask.internal import orchestrator_service_pb2 as pb
     from dapr.ext.workflow._durabletask.internal import orchestrator_service_pb2_grpc as stubs
-    import grpc
 
     with grpc.insecure_channel(f"127.0.0.1:{worker.sidecar.grpc_port}") as channel:
         response = stubs.TaskHubSidecarServiceStub(channel).GetInstanceHistory(

@@ -11,8 +11,11 @@ def test_start_runs_a_workflow_to_completion(worker: Worker, observer: Observer)
     instance_id = unique("tasks")
     message_id = observer.publish(
         "workflow.start",
-        {"workflow": "task_processing_workflow", "instance_id": instance_id,
-         "input": {"tasks": ["a", "b"]}},
+        {
+            "workflow": "task_processing_workflow",
+            "instance_id": instance_id,
+            "input": {"tasks": ["a", "b"]},
+        },
     )
     state = worker.wait_status(instance_id, {"COMPLETED"})
     assert '"processed": 2' in state.serialized_output
@@ -72,8 +75,12 @@ def test_delayed_start(worker: Worker, observer: Observer) -> None:
     start_at = datetime.now(UTC) + timedelta(seconds=3)
     message_id = observer.publish(
         "workflow.start",
-        {"workflow": "greeting_workflow", "instance_id": instance_id, "input": "later",
-         "start_at": start_at.isoformat()},
+        {
+            "workflow": "greeting_workflow",
+            "instance_id": instance_id,
+            "input": "later",
+            "start_at": start_at.isoformat(),
+        },
     )
     scheduled = observer.wait_for("scheduled", lambda: observer.for_message(message_id))[0]
     assert scheduled.data["event"] == "scheduled"
