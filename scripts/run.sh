@@ -24,7 +24,12 @@ stack_args=(up --ready-file "$ready")
 [ "$profile" = redis ] && stack_args+=(--redis)
 .venv/bin/python scripts/devstack.py "${stack_args[@]}" &
 stack_pid=$!
-cleanup() { kill -TERM "$stack_pid" 2>/dev/null || true; wait "$stack_pid" 2>/dev/null || true; }
+dapr_pid=""
+cleanup() {
+  if [ -n "$dapr_pid" ]; then kill -INT "$dapr_pid" 2>/dev/null || true; wait "$dapr_pid" 2>/dev/null || true; fi
+  kill -TERM "$stack_pid" 2>/dev/null || true
+  wait "$stack_pid" 2>/dev/null || true
+}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -35,8 +40,9 @@ for _ in $(seq 1 600); do
 done
 [ -e "$ready" ] || { echo "[run] placement/scheduler not ready after 60s" >&2; exit 1; }
 
+# The CLI runs in the background so that a signal reaches the trap above at once.
 if [ "$profile" = default ] && [ "$PLACEMENT_PORT" = 50005 ] && [ "$SCHEDULER_PORT" = 50006 ]; then
-  dapr run -f .
+  dapr run -f . &
 else
   # Same run file, other ports or profile: a generated copy with absolute paths.
   sed -e "s#localhost:50005#localhost:$PLACEMENT_PORT#; s#localhost:50006#localhost:$SCHEDULER_PORT#" \
@@ -46,5 +52,7 @@ else
   for f in components/"$profile"/*.yaml; do
     sed "s#localhost:6379#localhost:$REDIS_PORT#" "$f" >".data/components-$profile/$(basename "$f")"
   done
-  dapr run -f .data/dapr.yaml
+  dapr run -f .data/dapr.yaml &
 fi
+dapr_pid=$!
+wait "$dapr_pid"

@@ -1,0 +1,125 @@
+"""Machine-readable contract, generated from the models so it cannot drift.
+
+``python -m worker.schemas docs/schemas`` writes one JSON Schema per message and for the status
+event, plus ``asyncapi.json`` (AsyncAPI 3.0) describing the topics. A unit test fails when the
+committed files differ from what the models generate.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, TypeAdapter
+
+from worker import __version__
+from worker.config import Settings
+from worker.events import EVENT_TYPE_PREFIX, EventType, StatusEvent
+from worker.messages import RaiseEvent, StartWorkflow, control_adapter
+
+_MESSAGES: dict[str, tuple[str, type[BaseModel] | TypeAdapter[Any], str]] = {
+    # file stem: (topic setting, model, summary)
+    "workflow.start": ("start_topic", StartWorkflow, "Start a workflow instance."),
+    "workflow.approval": (
+        "approval_topic",
+        RaiseEvent,
+        "Raise an external event (an approval) into an instance.",
+    ),
+    "workflow.control": (
+        "control_topic",
+        control_adapter,
+        "Suspend, resume, terminate, purge (one or bulk) or query an instance.",
+    ),
+    "workflow.status": (
+        "status_topic",
+        StatusEvent,
+        "Published by the worker: every status change and every request outcome.",
+    ),
+}
+
+
+def json_schema(
+    model: type[BaseModel] | TypeAdapter[Any], ref_template: str = "#/$defs/{model}"
+) -> dict[str, Any]:
+    if isinstance(model, TypeAdapter):
+        schema = model.json_schema(ref_template=ref_template)
+        schema.setdefault("title", "ControlAction")
+    else:
+        schema = model.model_json_schema(ref_template=ref_template)
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+
+
+def asyncapi() -> dict[str, Any]:
+    defaults = Settings.model_construct()
+    channels: dict[str, Any] = {}
+    operations: dict[str, Any] = {}
+    messages: dict[str, Any] = {}
+    schemas: dict[str, Any] = {}
+    for stem, (setting, model, summary) in _MESSAGES.items():
+        name = stem.replace(".", "_")
+        topic = getattr(defaults, setting)
+        schema = json_schema(model, ref_template="#/components/schemas/{model}")
+        schema.pop("$schema")
+        schemas.update(schema.pop("$defs", {}))
+        messages[name] = {
+            "name": schema.get("title", name),
+            "summary": summary,
+            "contentType": "application/json",
+            "payload": schema,
+        }
+        if stem == "workflow.status":
+            messages[name]["description"] = (
+                f"CloudEvent type: {EVENT_TYPE_PREFIX}<event> with <event> one of "
+                f"{', '.join(e.value for e in EventType)}; subject: the instance id; id: stable "
+                "for one transition (drop duplicates by id)."
+            )
+        channels[name] = {
+            "address": topic,
+            "description": f"Topic {topic!r} (setting {setting}).",
+            "messages": {name: {"$ref": f"#/components/messages/{name}"}},
+        }
+        action = "send" if stem == "workflow.status" else "receive"
+        operations[f"{action}_{name}"] = {
+            "action": action,
+            "channel": {"$ref": f"#/channels/{name}"},
+            "summary": summary,
+        }
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "dapr-workflow-worker",
+            "version": __version__,
+            "description": "Control Dapr Workflows by publishing CloudEvents; status changes are "
+            "published back. Messages are CloudEvents 1.0 whose data is the JSON below.",
+        },
+        "defaultContentType": "application/json",
+        "channels": channels,
+        "operations": operations,
+        "components": {"messages": messages, "schemas": schemas},
+    }
+
+
+def documents() -> dict[str, dict[str, Any]]:
+    """File name -> content, for everything under docs/schemas."""
+    files = {f"{stem}.schema.json": json_schema(m) for stem, (_, m, _) in _MESSAGES.items()}
+    files["asyncapi.json"] = asyncapi()
+    return files
+
+
+def render(document: dict[str, Any]) -> str:
+    return json.dumps(document, indent=2, sort_keys=False) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    target = Path(argv[0] if argv else "docs/schemas")
+    target.mkdir(parents=True, exist_ok=True)
+    for name, document in documents().items():
+        (target / name).write_text(render(document))
+        print(f"wrote {target / name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
