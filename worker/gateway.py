@@ -23,6 +23,7 @@ from dapr.ext.workflow._durabletask.internal import orchestrator_service_pb2_grp
 from dapr.ext.workflow.logger import LoggerOptions
 from google.protobuf import wrappers_pb2
 
+from worker.hosting import unwrap_input
 from worker.outcomes import Transient, raise_classified
 
 T = TypeVar("T")
@@ -112,7 +113,7 @@ class WorkflowGateway:
             status=state.runtime_status.name,
             created_at=state.created_at,
             last_updated_at=state.last_updated_at,
-            input=_json_or_text(state.serialized_input),
+            input=unwrap_input(_json_or_text(state.serialized_input))[1],
             output=_json_or_text(state.serialized_output),
             custom_status=_json_or_text(state.serialized_custom_status),
             failure_message=failure.message if failure else None,

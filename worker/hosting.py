@@ -1,8 +1,9 @@
 """Hosts workflows in this app-id, and reports the changes they make themselves.
 
 Every workflow registered here (the built-in samples and any a user registers) is wrapped so
-that when it completes or fails it calls the activity ``worker_report_status``, which publishes
-the status event. Because that is a workflow activity, the engine retries it after a crash or
+that it reports, through the activity ``worker_report_status``, when it starts (if a message
+started it), completes or fails. Reporting from inside the workflow keeps one instance's
+events in order: ``started`` is published before anything the workflow does. Because that is a workflow activity, the engine retries it after a crash or
 SIGKILL of the worker: a completion is reported at least once, under a stable CloudEvent id.
 
 A user module is any importable module with a ``register(registry)`` function; name it in
@@ -32,6 +33,19 @@ from worker.publisher import Outbound, StatusPublisher
 log = logging.getLogger(__name__)
 
 REPORT_ACTIVITY = "worker_report_status"
+ENVELOPE_KEY = "__dapr_workflow_worker__"
+
+
+def wrap_input(data: Any, correlation_id: str) -> dict[str, Any]:
+    """The input the worker starts an instance with: the user's input plus the message id."""
+    return {ENVELOPE_KEY: {"correlation_id": correlation_id}, "input": data}
+
+
+def unwrap_input(data: Any) -> tuple[dict[str, Any] | None, Any]:
+    """(worker metadata or None, the user's input). Inputs from elsewhere pass unchanged."""
+    if isinstance(data, dict) and isinstance(data.get(ENVELOPE_KEY), dict):
+        return data[ENVELOPE_KEY], data.get("input")
+    return None, data
 
 # Keep retrying the report for about an hour while the broker or sidecar is down.
 _REPORT_RETRY = RetryPolicy(
@@ -78,6 +92,13 @@ def reporting(fn: Callable[..., Any], name: str) -> Callable[..., Generator[Any,
 
     def workflow(ctx: DaprWorkflowContext, data: Any = None) -> Generator[Any, Any, Any]:
         started = ctx.current_utc_datetime.isoformat()  # deterministic under replay
+        meta, data = unwrap_input(data)
+        if meta is not None:  # started by a message (not a later continue-as-new generation)
+            try:
+                yield _report(ctx, name, started, event=EventType.STARTED, status="RUNNING",
+                              created_at=started, correlation_id=meta.get("correlation_id"))
+            except Exception:
+                log.exception("could not report start of %s", ctx.instance_id)
         tracked = _TrackingContext(ctx)
         try:
             result = fn(tracked, data) if takes_input else fn(tracked)

@@ -30,13 +30,33 @@ def test_duplicate_start_without_instance_id_starts_one_instance(
     body = {"workflow": "greeting_workflow", "input": "dup"}
     message_id = observer.publish("workflow.start", body)
     observer.publish("workflow.start", body, message_id=message_id)
-    events = observer.wait_for("two reports", lambda: observer.for_message(message_id), count=2)
-    assert {e.data["event"] for e in events} == {"started"}
-    assert len({e.id for e in events}) == 1, "a redelivery republishes the same CloudEvent id"
+    wait_for_log(worker, f"duplicate message {message_id}")
+    events = observer.wait_for(
+        "started and completed", lambda: observer.for_instance(_instance(observer, message_id)),
+        count=2,
+    )
+    assert [e.data["event"] for e in events] == ["started", "completed"]
+    assert [e.data["event"] for e in observer.for_message(message_id)] == ["started"]
     instance_id = events[0].data["instance_id"]
     assert instance_id.startswith("greeting_workflow-")
     state = worker.wait_status(instance_id, {"COMPLETED"})
     assert state.serialized_output == '"hello, dup"'
+
+
+def _instance(observer: Observer, message_id: str) -> str:
+    started = observer.wait_for("started", lambda: observer.for_message(message_id))
+    return str(started[0].data["instance_id"])
+
+
+def wait_for_log(worker: Worker, text: str, timeout: float = 30) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in worker.proc.log.read_text(errors="replace"):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} not in the worker's log after {timeout}s")
 
 
 def test_start_of_a_finished_instance_is_rejected_unless_replace(

@@ -10,6 +10,7 @@ from worker.events import EventType, now
 from worker.gateway import WorkflowGateway
 from worker.handlers.inbound import Inbound, parse
 from worker.handlers.report import report
+from worker.hosting import wrap_input
 from worker.idempotency import Begin, Claim
 from worker.messages import StartWorkflow
 from worker.outcomes import Rejected
@@ -42,7 +43,7 @@ class StartHandler:
         existing = self._gateway.get_state(instance_id, payloads=False)
         if existing is not None:
             if self._created_by_earlier_delivery(claim, existing.created_at):
-                return [self._started(message, request, instance_id)]
+                return self._reports(message, request, instance_id)
             if not existing.is_terminal:
                 raise Rejected(
                     f"instance {instance_id} already exists and is {existing.status}",
@@ -58,8 +59,9 @@ class StartHandler:
                     instance_id=instance_id,
                     workflow=request.workflow,
                 )
-        self._gateway.start(request.workflow, instance_id, request.input, request.start_at)
-        return [self._started(message, request, instance_id)]
+        data = wrap_input(request.input, message.message_id)
+        self._gateway.start(request.workflow, instance_id, data, request.start_at)
+        return self._reports(message, request, instance_id)
 
     @staticmethod
     def _created_by_earlier_delivery(claim: Claim, created_at: object) -> bool:
@@ -71,12 +73,9 @@ class StartHandler:
         return bool(created_at.timestamp() >= claim.previous_claimed_at - _SKEW.total_seconds())
 
     @staticmethod
-    def _started(message: Inbound, request: StartWorkflow, instance_id: str) -> Outbound:
-        delayed = request.start_at is not None and request.start_at > now()
-        return report(
-            message,
-            EventType.SCHEDULED if delayed else EventType.STARTED,
-            instance_id,
-            workflow=request.workflow,
-            status="PENDING" if delayed else "RUNNING",
-        )
+    def _reports(message: Inbound, request: StartWorkflow, instance_id: str) -> list[Outbound]:
+        """`scheduled` for a delayed start; `started` is reported by the workflow itself."""
+        if request.start_at is None or request.start_at <= now():
+            return []
+        return [report(message, EventType.SCHEDULED, instance_id, workflow=request.workflow,
+                       status="PENDING")]
