@@ -26,7 +26,7 @@ from dapr.ext.workflow import DaprWorkflowClient
 
 from scripts import devstack
 
-STATUS_TOPICS = ("workflow.status", "purge.workflow.status")
+STATUS_TOPICS = ("workflow.status", "purge.workflow.status", "kill.workflow.status")
 DEAD_LETTER_TOPICS = ("workflow.deadletter",)
 
 
@@ -142,6 +142,7 @@ class Worker:
     proc: devstack.Proc
     client: DaprWorkflowClient
     topic_prefix: str = ""
+    env: dict[str, str] = field(default_factory=dict)
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
@@ -232,7 +233,12 @@ def start_worker(
     }
     proc = stack.start_worker(sidecar, name=name or app_id, env=worker_env)
     client = DaprWorkflowClient(host="127.0.0.1", port=str(sidecar.grpc_port))
-    return Worker(sidecar, proc, client, topic_prefix)
+    return Worker(sidecar, proc, client, topic_prefix, worker_env)
+
+
+def restart_worker(stack: devstack.Stack, worker: Worker, name: str) -> None:
+    """Start the worker process again on the same sidecar (after a crash)."""
+    worker.proc = stack.start_worker(worker.sidecar, name=name, env=worker.env)
 
 
 @pytest.fixture(scope="session")
