@@ -105,4 +105,4 @@ def load_settings(argv: Sequence[str] | None = None) -> Settings:
     """Settings from the environment, overridden by ``argv`` flags (``None``: no flags)."""
     if argv is None:
         return Settings()
-    return Settings(_cli_parse_args=list(argv))  # type: ignore[call-arg]
+    return Settings(_cli_parse_args=list(argv))

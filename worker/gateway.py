@@ -73,7 +73,7 @@ class WorkflowGateway:
     ) -> None:
         self._timeout = timeout_seconds
         # The SDK applies this deadline to every unary call of its clients.
-        dapr_settings.DAPR_API_TIMEOUT_SECONDS = timeout_seconds
+        setattr(dapr_settings, "DAPR_API_TIMEOUT_SECONDS", timeout_seconds)  # noqa: B010
         self._client = DaprWorkflowClient(
             logger_options=LoggerOptions(log_level=sdk_log_level.upper())
         )

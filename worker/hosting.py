@@ -2,9 +2,10 @@
 
 Every workflow registered here (the built-in samples and any a user registers) is wrapped so
 that it reports, through the activity ``worker_report_status``, when it starts (if a message
-started it), completes or fails. Reporting from inside the workflow keeps one instance's
-events in order: ``started`` is published before anything the workflow does. Because that is a workflow activity, the engine retries it after a crash or
-SIGKILL of the worker: a completion is reported at least once, under a stable CloudEvent id.
+started it), completes or fails. Reporting from inside the workflow keeps one instance's events
+in order (``started`` comes before anything the workflow does), and because the report is a
+workflow activity, the engine retries it after a crash or SIGKILL of the worker: every change
+is reported at least once, under a stable CloudEvent id.
 
 A user module is any importable module with a ``register(registry)`` function; name it in
 ``WORKER_WORKFLOW_MODULES`` (see README, "Your own workflows").
@@ -46,6 +47,7 @@ def unwrap_input(data: Any) -> tuple[dict[str, Any] | None, Any]:
     if isinstance(data, dict) and isinstance(data.get(ENVELOPE_KEY), dict):
         return data[ENVELOPE_KEY], data.get("input")
     return None, data
+
 
 # Keep retrying the report for about an hour while the broker or sidecar is down.
 _REPORT_RETRY = RetryPolicy(
@@ -95,8 +97,15 @@ def reporting(fn: Callable[..., Any], name: str) -> Callable[..., Generator[Any,
         meta, data = unwrap_input(data)
         if meta is not None:  # started by a message (not a later continue-as-new generation)
             try:
-                yield _report(ctx, name, started, event=EventType.STARTED, status="RUNNING",
-                              created_at=started, correlation_id=meta.get("correlation_id"))
+                yield _report(
+                    ctx,
+                    name,
+                    started,
+                    event=EventType.STARTED,
+                    status="RUNNING",
+                    created_at=started,
+                    correlation_id=meta.get("correlation_id"),
+                )
             except Exception:
                 log.exception("could not report start of %s", ctx.instance_id)
         tracked = _TrackingContext(ctx)

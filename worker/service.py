@@ -21,7 +21,7 @@ from worker.config import Settings
 from worker.gateway import WorkflowGateway
 from worker.handlers.approval import ApprovalHandler
 from worker.handlers.control import ControlHandler
-from worker.handlers.pipeline import Pipeline
+from worker.handlers.pipeline import Pipeline, TopicHandler
 from worker.handlers.start import StartHandler
 from worker.hosting import build_runtime
 from worker.idempotency import IdempotencyStore
@@ -66,7 +66,7 @@ class WorkerService:
             self._dapr, s.state_store, s.idempotency_ttl_seconds, s.claim_lease_seconds
         )
         self._pipeline = Pipeline(store, publisher, s.max_transient_attempts)
-        handlers = {
+        handlers: dict[str, TopicHandler] = {
             s.start_topic: StartHandler(self._gateway, allowed),
             s.approval_topic: ApprovalHandler(self._gateway),
             s.control_topic: ControlHandler(self._gateway),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -28,7 +29,7 @@ def _start_counter(worker: Worker, observer: Observer, topic_prefix: str = "") -
     return instance_id
 
 
-def _control(observer: Observer, body: dict[str, object], topic_prefix: str = "") -> dict:
+def _control(observer: Observer, body: dict[str, object], topic_prefix: str = "") -> dict[str, Any]:
     message_id = observer.publish(f"{topic_prefix}workflow.control", body)
     events = observer.wait_for(
         f"answer to {body}",
@@ -42,8 +43,11 @@ def _bulk_purge(observer: Observer, body: dict[str, object], topic_prefix: str) 
     message_id = observer.publish(f"{topic_prefix}workflow.control", {"action": "purge", **body})
     summary = observer.wait_for(
         f"summary of {body}",
-        lambda: [e for e in observer.for_message(message_id, f"{topic_prefix}workflow.status")
-                 if "count" in e.data],
+        lambda: [
+            e
+            for e in observer.for_message(message_id, f"{topic_prefix}workflow.status")
+            if "count" in e.data
+        ],
     )
     return int(summary[0].data["count"])
 

@@ -32,7 +32,8 @@ def test_duplicate_start_without_instance_id_starts_one_instance(
     observer.publish("workflow.start", body, message_id=message_id)
     wait_for_log(worker, f"duplicate message {message_id}")
     events = observer.wait_for(
-        "started and completed", lambda: observer.for_instance(_instance(observer, message_id)),
+        "started and completed",
+        lambda: observer.for_instance(_instance(observer, message_id)),
         count=2,
     )
     assert [e.data["event"] for e in events] == ["started", "completed"]
@@ -74,7 +75,9 @@ def test_start_of_a_finished_instance_is_rejected_unless_replace(
     rejected = observer.wait_for("rejection", lambda: observer.for_message(again))[0]
     assert rejected.data["event"] == "rejected"
     assert "already finished" in rejected.data["reason"]
-    assert worker.client.get_workflow_state(instance_id).serialized_output == '"hello, 1"'
+    kept = worker.client.get_workflow_state(instance_id)
+    assert kept is not None
+    assert kept.serialized_output == '"hello, 1"'
 
     replace = observer.publish(
         "workflow.start",

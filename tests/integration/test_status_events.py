@@ -12,8 +12,9 @@ from tests.integration.conftest import Observer, Worker, restart_worker, start_w
 from tests.integration.test_approval import worker_history
 
 
-def _events(observer: Observer, instance_id: str, count: int, topic: str = "workflow.status"
-            ) -> list[str]:
+def _events(
+    observer: Observer, instance_id: str, count: int, topic: str = "workflow.status"
+) -> list[str]:
     found = observer.wait_for(
         f"{count} events of {instance_id}",
         lambda: observer.for_instance(instance_id, topic),
@@ -29,21 +30,23 @@ def _control(observer: Observer, action: str, instance_id: str) -> None:
 
 
 def _wait_event(observer: Observer, instance_id: str, event: str) -> None:
-    observer.wait_for(event, lambda: [
-        e for e in observer.for_instance(instance_id) if e.data["event"] == event])
+    observer.wait_for(
+        event, lambda: [e for e in observer.for_instance(instance_id) if e.data["event"] == event]
+    )
 
 
 def test_start_to_completion(worker: Worker, observer: Observer) -> None:
     instance_id = unique("seq")
-    message_id = observer.publish("workflow.start", {
-        "workflow": "greeting_workflow", "instance_id": instance_id, "input": "seq"})
+    message_id = observer.publish(
+        "workflow.start",
+        {"workflow": "greeting_workflow", "instance_id": instance_id, "input": "seq"},
+    )
     assert _events(observer, instance_id, 2) == ["started", "completed"]
     started, completed = observer.for_instance(instance_id)
     assert started.data["correlation_id"] == message_id
     assert "correlation_id" not in completed.data, "the workflow completed by itself"
     assert completed.data["output"] == "hello, seq"
-    assert (completed.data["status"], completed.data["previous_status"]) == ("COMPLETED",
-                                                                             "RUNNING")
+    assert (completed.data["status"], completed.data["previous_status"]) == ("COMPLETED", "RUNNING")
     assert started.subject == completed.subject == instance_id
     assert started.type == "io.github.dapr-workflow-worker.v1.started"
     assert completed.source == "workflow-worker"
@@ -51,26 +54,39 @@ def test_start_to_completion(worker: Worker, observer: Observer) -> None:
 
 def test_suspend_resume_terminate_purge_sequence(worker: Worker, observer: Observer) -> None:
     instance_id = unique("seq-counter")
-    observer.publish("workflow.start", {"workflow": "counter_workflow",
-                                        "instance_id": instance_id})
+    observer.publish("workflow.start", {"workflow": "counter_workflow", "instance_id": instance_id})
     _wait_event(observer, instance_id, "started")
-    for action, event in (("suspend", "suspended"), ("resume", "resumed"),
-                          ("terminate", "terminated")):
+    for action, event in (
+        ("suspend", "suspended"),
+        ("resume", "resumed"),
+        ("terminate", "terminated"),
+    ):
         _control(observer, action, instance_id)
         _wait_event(observer, instance_id, event)
     worker.wait_status(instance_id, {"TERMINATED"})
     _control(observer, "purge", instance_id)
     assert _events(observer, instance_id, 5) == [
-        "started", "suspended", "resumed", "terminated", "purged"]
+        "started",
+        "suspended",
+        "resumed",
+        "terminated",
+        "purged",
+    ]
 
 
 @pytest.mark.parametrize(("decision", "outcome"), [(True, "approved"), (False, "rejected")])
-def test_approval_sequence(worker: Worker, observer: Observer, decision: bool,
-                           outcome: str) -> None:
+def test_approval_sequence(
+    worker: Worker, observer: Observer, decision: bool, outcome: str
+) -> None:
     instance_id = unique("seq-order")
-    observer.publish("workflow.start", {
-        "workflow": "approval_workflow", "instance_id": instance_id,
-        "input": {"order_id": instance_id, "amount": 5000, "approval_timeout_seconds": 300}})
+    observer.publish(
+        "workflow.start",
+        {
+            "workflow": "approval_workflow",
+            "instance_id": instance_id,
+            "input": {"order_id": instance_id, "amount": 5000, "approval_timeout_seconds": 300},
+        },
+    )
     _wait_event(observer, instance_id, "started")
     observer.publish("workflow.approval", {"instance_id": instance_id, "data": decision})
     assert _events(observer, instance_id, 3) == ["started", "event_raised", "completed"]
@@ -79,8 +95,10 @@ def test_approval_sequence(worker: Worker, observer: Observer, decision: bool,
 
 def test_workflow_that_raises_is_reported_failed(worker: Worker, observer: Observer) -> None:
     instance_id = unique("seq-fail")
-    observer.publish("workflow.start", {"workflow": "failing_workflow",
-                                        "instance_id": instance_id, "input": "disk on fire"})
+    observer.publish(
+        "workflow.start",
+        {"workflow": "failing_workflow", "instance_id": instance_id, "input": "disk on fire"},
+    )
     assert _events(observer, instance_id, 2) == ["started", "failed"]
     failed = observer.for_instance(instance_id)[-1].data
     assert failed["status"] == "FAILED"
@@ -89,17 +107,24 @@ def test_workflow_that_raises_is_reported_failed(worker: Worker, observer: Obser
 
 def test_activity_failure_is_reported_failed(worker: Worker, observer: Observer) -> None:
     instance_id = unique("seq-task")
-    observer.publish("workflow.start", {"workflow": "task_processing_workflow",
-                                        "instance_id": instance_id,
-                                        "input": {"tasks": ["ok", "fail-me"]}})
+    observer.publish(
+        "workflow.start",
+        {
+            "workflow": "task_processing_workflow",
+            "instance_id": instance_id,
+            "input": {"tasks": ["ok", "fail-me"]},
+        },
+    )
     assert _events(observer, instance_id, 2) == ["started", "failed"]
     assert "fail-me" in observer.for_instance(instance_id)[-1].data["failure"]["message"]
 
 
 def test_oversized_output_is_truncated_not_dropped(worker: Worker, observer: Observer) -> None:
     instance_id = unique("seq-big")
-    observer.publish("workflow.start", {"workflow": "big_output_workflow",
-                                        "instance_id": instance_id, "input": 400_000})
+    observer.publish(
+        "workflow.start",
+        {"workflow": "big_output_workflow", "instance_id": instance_id, "input": 400_000},
+    )
     assert _events(observer, instance_id, 2) == ["started", "completed"]
     completed = observer.for_instance(instance_id)[-1].data
     assert completed["truncated"] is True
@@ -121,11 +146,13 @@ def test_completion_is_published_after_a_sigkill(
 ) -> None:
     topic = "kill.workflow.status"
     instance_id = unique("killed")
-    observer.publish("kill.workflow.start", {"workflow": "slow_workflow",
-                                             "instance_id": instance_id, "input": 3})
+    observer.publish(
+        "kill.workflow.start", {"workflow": "slow_workflow", "instance_id": instance_id, "input": 3}
+    )
     observer.wait_for("started", lambda: observer.for_instance(instance_id, topic))
     devstack.wait_until(
-        lambda: "taskScheduled" in worker_history(kill_worker, instance_id), 30,
+        lambda: "taskScheduled" in worker_history(kill_worker, instance_id),
+        30,
         "slow activity scheduled",
     )
     kill_worker.proc.kill()  # while the last activity runs, before the workflow completes
@@ -133,14 +160,18 @@ def test_completion_is_published_after_a_sigkill(
     restart_worker(stack, kill_worker, "kill-worker-restarted")
     events = observer.wait_for(
         "completed after restart",
-        lambda: [e for e in observer.for_instance(instance_id, topic)
-                 if e.data["event"] == "completed"],
+        lambda: [
+            e for e in observer.for_instance(instance_id, topic) if e.data["event"] == "completed"
+        ],
         timeout=120,
     )
     assert events[0].data["output"] == "slow step done"
     assert [e.data["event"] for e in observer.for_instance(instance_id, topic)].count(
-        "started") >= 1
-    ids = {e.data["event"]: set() for e in observer.for_instance(instance_id, topic)}
+        "started"
+    ) >= 1
+    ids: dict[str, set[str]] = {
+        e.data["event"]: set() for e in observer.for_instance(instance_id, topic)
+    }
     for e in observer.for_instance(instance_id, topic):
         ids[e.data["event"]].add(e.id)
     assert all(len(v) == 1 for v in ids.values()), f"a repeat must reuse its id: {ids}"

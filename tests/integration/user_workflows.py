@@ -19,8 +19,6 @@ def failing_workflow(ctx: DaprWorkflowContext, message: Any) -> None:
     raise RuntimeError(str(message or "boom"))
 
 
-
-
 def slow_step(ctx: WorkflowActivityContext, seconds: float) -> str:
     time.sleep(seconds)  # an activity doing real work for a while
     return "slow step done"

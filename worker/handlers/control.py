@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from worker.events import EventType, now
-from worker.gateway import InstanceState, WorkflowGateway
+from worker.gateway import ACTIVE_STATUSES, TERMINAL_STATUSES, InstanceState, WorkflowGateway
 from worker.handlers.inbound import Inbound, parse
 from worker.handlers.report import report
-from worker.idempotency import Claim
+from worker.idempotency import Begin, Claim
 from worker.messages import ControlAction, Purge, Query, Resume, Suspend, Terminate, control_adapter
 from worker.outcomes import Rejected
 from worker.publisher import Outbound
@@ -18,20 +20,100 @@ from worker.publisher import Outbound
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Transition:
+    """A status change that one control action asks for."""
+
+    verb: str
+    event: EventType
+    allowed_from: frozenset[str]
+    target: str
+    why_not: str
+
+
+SUSPEND = Transition(
+    "suspend",
+    EventType.SUSPENDED,
+    frozenset({"RUNNING", "PENDING"}),
+    "SUSPENDED",
+    "only a running instance can be suspended",
+)
+RESUME = Transition(
+    "resume",
+    EventType.RESUMED,
+    frozenset({"SUSPENDED"}),
+    "RUNNING",
+    "only a suspended instance can be resumed",
+)
+TERMINATE = Transition(
+    "terminate", EventType.TERMINATED, ACTIVE_STATUSES, "TERMINATED", "it has already finished"
+)
+PURGE = Transition(
+    "purge", EventType.PURGED, TERMINAL_STATUSES, "PURGED", "only a finished instance can be purged"
+)
+
+
 class ControlHandler:
     def __init__(self, gateway: WorkflowGateway) -> None:
         self._gateway = gateway
-        self._actions: dict[type, Callable[[Inbound, ControlAction], list[Outbound]]] = {
-            Suspend: self._suspend,
-            Resume: self._resume,
-            Terminate: self._terminate,
-            Purge: self._purge,
-            Query: self._query,
-        }
 
     def handle(self, message: Inbound, claim: Claim) -> list[Outbound]:
         request: ControlAction = parse(message, control_adapter)
-        return self._actions[type(request)](message, request)
+        g = self._gateway
+        match request:
+            case Suspend():
+                return self._change(
+                    message,
+                    claim,
+                    request.instance_id,
+                    SUSPEND,
+                    lambda: g.suspend(request.instance_id, request.reason),
+                    reason=request.reason,
+                )
+            case Resume():
+                return self._change(
+                    message,
+                    claim,
+                    request.instance_id,
+                    RESUME,
+                    lambda: g.resume(request.instance_id, request.reason),
+                    reason=request.reason,
+                )
+            case Terminate():
+                return self._change(
+                    message,
+                    claim,
+                    request.instance_id,
+                    TERMINATE,
+                    lambda: g.terminate(request.instance_id, request.output, request.recursive),
+                    reason=request.reason,
+                    output=request.output,
+                )
+            case Purge() if request.instance_id is not None:
+                instance_id = request.instance_id
+                return self._change(
+                    message,
+                    claim,
+                    instance_id,
+                    PURGE,
+                    lambda: g.purge(instance_id, request.recursive),
+                )
+            case Purge():
+                return self._bulk_purge(message, request)
+            case Query():
+                state = self._existing(request.instance_id, payloads=True)
+                return [
+                    report(
+                        message,
+                        EventType.STATE,
+                        request.instance_id,
+                        state=state,
+                        input=state.input,
+                        output=state.output,
+                        custom_status=state.custom_status,
+                    )
+                ]
+        raise Rejected(f"unsupported control message {request!r}")  # pragma: no cover
 
     def _existing(self, instance_id: str, *, payloads: bool = False) -> InstanceState:
         state = self._gateway.get_state(instance_id, payloads=payloads)
@@ -39,94 +121,53 @@ class ControlHandler:
             raise Rejected(f"unknown instance {instance_id}", instance_id=instance_id)
         return state
 
-    @staticmethod
-    def _forbid(state: InstanceState, action: str, why: str) -> Rejected:
-        return Rejected(
-            f"cannot {action} {state.instance_id}: instance is {state.status} ({why})",
-            status=state.status,
-            instance_id=state.instance_id,
-            workflow=state.workflow,
-        )
-
-    def _suspend(self, message: Inbound, request: ControlAction) -> list[Outbound]:
-        assert isinstance(request, Suspend)
-        state = self._existing(request.instance_id)
-        if state.status not in ("RUNNING", "PENDING"):
-            raise self._forbid(state, "suspend", "only a running instance can be suspended")
-        self._gateway.suspend(request.instance_id, request.reason)
+    def _change(
+        self,
+        message: Inbound,
+        claim: Claim,
+        instance_id: str,
+        change: Transition,
+        call: Callable[[], None],
+        **fields: Any,
+    ) -> list[Outbound]:
+        """Check the instance may make ``change``, make it, and report it."""
+        taken_over = claim.outcome is Begin.TAKEN_OVER
+        state = self._gateway.get_state(instance_id, payloads=False)
+        if state is None:
+            if taken_over and change is PURGE:  # an earlier delivery purged it, then died
+                return [report(message, change.event, instance_id, status=change.target)]
+            raise Rejected(f"unknown instance {instance_id}", instance_id=instance_id)
+        if state.status not in change.allowed_from:
+            if taken_over and state.status == change.target:  # done before a crash
+                return [
+                    report(
+                        message,
+                        change.event,
+                        instance_id,
+                        state=state,
+                        status=change.target,
+                        **fields,
+                    )
+                ]
+            raise Rejected(
+                f"cannot {change.verb} {instance_id}: "
+                f"instance is {state.status} ({change.why_not})",
+                status=state.status,
+                instance_id=instance_id,
+                workflow=state.workflow,
+            )
+        call()
         return [
             report(
                 message,
-                EventType.SUSPENDED,
-                request.instance_id,
+                change.event,
+                instance_id,
                 state=state,
-                status="SUSPENDED",
+                status=change.target,
                 previous_status=state.status,
-                reason=request.reason,
+                **fields,
             )
         ]
-
-    def _resume(self, message: Inbound, request: ControlAction) -> list[Outbound]:
-        assert isinstance(request, Resume)
-        state = self._existing(request.instance_id)
-        if state.status != "SUSPENDED":
-            raise self._forbid(state, "resume", "only a suspended instance can be resumed")
-        self._gateway.resume(request.instance_id, request.reason)
-        return [
-            report(
-                message,
-                EventType.RESUMED,
-                request.instance_id,
-                state=state,
-                status="RUNNING",
-                previous_status=state.status,
-                reason=request.reason,
-            )
-        ]
-
-    def _terminate(self, message: Inbound, request: ControlAction) -> list[Outbound]:
-        assert isinstance(request, Terminate)
-        state = self._existing(request.instance_id)
-        if state.is_terminal:
-            raise self._forbid(state, "terminate", "it has already finished")
-        self._gateway.terminate(request.instance_id, request.output, request.recursive)
-        return [
-            report(
-                message,
-                EventType.TERMINATED,
-                request.instance_id,
-                state=state,
-                status="TERMINATED",
-                previous_status=state.status,
-                reason=request.reason,
-                output=request.output,
-            )
-        ]
-
-    def _query(self, message: Inbound, request: ControlAction) -> list[Outbound]:
-        assert isinstance(request, Query)
-        state = self._existing(request.instance_id, payloads=True)
-        return [
-            report(
-                message,
-                EventType.STATE,
-                request.instance_id,
-                state=state,
-                input=state.input,
-                output=state.output,
-                custom_status=state.custom_status,
-            )
-        ]
-
-    def _purge(self, message: Inbound, request: ControlAction) -> list[Outbound]:
-        assert isinstance(request, Purge)
-        if request.instance_id is not None:
-            state = self._existing(request.instance_id)
-            if not state.is_terminal:
-                raise self._forbid(state, "purge", "only a finished instance can be purged")
-            self._gateway.purge(request.instance_id, request.recursive)
-            return [self._purged(message, state)]
-        return self._bulk_purge(message, request)
 
     def _bulk_purge(self, message: Inbound, request: Purge) -> list[Outbound]:
         wanted = {s.value for s in request.statuses} if request.statuses else None
@@ -147,7 +188,16 @@ class ControlHandler:
             except Rejected as error:  # gone meanwhile: someone else purged it
                 log.info("bulk purge skipped %s: %s", instance_id, error)
                 continue
-            events.append(self._purged(message, state))
+            events.append(
+                report(
+                    message,
+                    EventType.PURGED,
+                    instance_id,
+                    state=state,
+                    status="PURGED",
+                    previous_status=state.status,
+                )
+            )
         summary = report(
             message,
             EventType.PURGED,
@@ -156,17 +206,6 @@ class ControlHandler:
             reason=f"bulk purge removed {len(events)} instance(s)",
         )
         return [*events, summary]
-
-    @staticmethod
-    def _purged(message: Inbound, state: InstanceState) -> Outbound:
-        return report(
-            message,
-            EventType.PURGED,
-            state.instance_id,
-            state=state,
-            status="PURGED",
-            previous_status=state.status,
-        )
 
 
 def _aware(value: datetime) -> datetime:

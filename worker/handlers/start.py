@@ -77,5 +77,12 @@ class StartHandler:
         """`scheduled` for a delayed start; `started` is reported by the workflow itself."""
         if request.start_at is None or request.start_at <= now():
             return []
-        return [report(message, EventType.SCHEDULED, instance_id, workflow=request.workflow,
-                       status="PENDING")]
+        return [
+            report(
+                message,
+                EventType.SCHEDULED,
+                instance_id,
+                workflow=request.workflow,
+                status="PENDING",
+            )
+        ]
