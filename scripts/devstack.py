@@ -137,6 +137,8 @@ class Stack:
         self.placement_port = 0
         self.scheduler_port = 0
         self.redis_port = 0
+        # Text replacements applied to every copied component file (tests widen scopes).
+        self.component_patches: dict[str, str] = {}
 
     def __enter__(self) -> Stack:
         return self
@@ -273,6 +275,8 @@ class Stack:
             text = source.read_text()
             if self.redis_port:
                 text = text.replace("localhost:6379", f"127.0.0.1:{self.redis_port}")
+            for old, new in self.component_patches.items():
+                text = text.replace(old, new)
             (dest / source.name).write_text(text)
         for name, text in (extra or {}).items():
             (dest / name).write_text(text)

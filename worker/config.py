@@ -28,12 +28,12 @@ class Settings(BaseSettings):
     app_port: int = Field(
         default=50051,
         description="Port of the gRPC app that the sidecar calls (dapr run sets APP_PORT).",
-        validation_alias=AliasChoices("app_port", "WORKER_APP_PORT", "APP_PORT"),
+        validation_alias=AliasChoices("worker_app_port", "app_port"),
     )
     app_id: str = Field(
         default="workflow-worker",
         description="Dapr app-id, used as the source of published events.",
-        validation_alias=AliasChoices("app_id", "WORKER_APP_ID", "APP_ID"),
+        validation_alias=AliasChoices("worker_app_id", "app_id"),
     )
     pubsub_name: str = Field(default="pubsub", description="Pub/sub component for all topics.")
     start_topic: str = "workflow.start"

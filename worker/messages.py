@@ -204,6 +204,8 @@ class Purge(_Message):
     def _single_or_bulk(self) -> Purge:
         if self.instance_id is not None and (self.older_than is not None or self.statuses):
             raise ValueError("give either instance_id or the bulk filters older_than/statuses")
+        if self.older_than is not None and self.older_than <= timedelta(0):
+            raise ValueError("older_than must be a positive duration")
         return self
 
     @property

@@ -67,10 +67,12 @@ def classify_rpc_error(error: grpc.RpcError) -> Classified:
     """Decide whether a failed sidecar call is worth retrying."""
     code = error.code() if hasattr(error, "code") else None
     details = (error.details() if hasattr(error, "details") else None) or str(error)
-    lowered = details.lower()
-    for fragment, label in _PERMANENT_FRAGMENTS.items():
-        if fragment in lowered:
-            return Classified(transient=False, reason=f"{label}: {details}")
+    if code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, None):
+        # Dapr wraps several permanent conditions in UNKNOWN/INTERNAL: read the message.
+        lowered = details.lower()
+        for fragment, label in _PERMANENT_FRAGMENTS.items():
+            if fragment in lowered:
+                return Classified(transient=False, reason=f"{label}: {details}")
     if code in (
         grpc.StatusCode.NOT_FOUND,
         grpc.StatusCode.ALREADY_EXISTS,

@@ -16,7 +16,8 @@ from worker.outcomes import Transient
 
 log = logging.getLogger(__name__)
 
-_TRUNCATED_PREVIEW_CHARS = 1_000
+# A cut field keeps a preview of this share of the limit; five such fields fit in it.
+_PREVIEW_SHARE = 8
 
 
 @dataclass(frozen=True)
@@ -53,20 +54,21 @@ def _shrink(event: StatusEvent, limit: int) -> bytes:
     body = event.model_dump_json(exclude_none=True).encode()
     if len(body) <= limit:
         return body
+    preview = limit // _PREVIEW_SHARE
     cut: dict[str, Any] = {"truncated": True}
     for field in ("output", "input", "custom_status"):
         value = getattr(event, field)
         if value is not None:
-            cut[field] = json.dumps(value)[:_TRUNCATED_PREVIEW_CHARS]
+            cut[field] = json.dumps(value)[:preview]
     if event.failure is not None:
         cut["failure"] = event.failure.model_copy(
             update={
                 "stack_trace": None,
-                "message": event.failure.message[:_TRUNCATED_PREVIEW_CHARS],
+                "message": event.failure.message[:preview],
             }
         )
     if event.reason is not None:
-        cut["reason"] = event.reason[:_TRUNCATED_PREVIEW_CHARS]
+        cut["reason"] = event.reason[:preview]
     return event.model_copy(update=cut).model_dump_json(exclude_none=True).encode()
 
 

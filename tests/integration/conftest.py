@@ -26,7 +26,9 @@ from dapr.ext.workflow import DaprWorkflowClient
 
 from scripts import devstack
 
-STATUS_TOPICS = ("workflow.status", "purge.workflow.status", "kill.workflow.status")
+TOPIC_PREFIXES = ("purge.", "kill.")  # private workers of single tests
+STATUS_TOPICS = ("workflow.status", *(f"{p}workflow.status" for p in TOPIC_PREFIXES))
+_GRANT = "workflow-client=workflow.start,workflow.approval,workflow.control"
 DEAD_LETTER_TOPICS = ("workflow.deadletter",)
 
 
@@ -108,8 +110,13 @@ class Observer:
         source: str = "integration-tests",
         content_type: str = "application/json",
         raw: bytes | None = None,
+        via: int | None = None,
     ) -> str:
-        """Publish one CloudEvent with a known id, the way any Dapr client would."""
+        """Publish one CloudEvent with a known id, the way any Dapr client would.
+
+        ``via``: the HTTP port of another sidecar to publish through (default: the observer's,
+        app-id ``workflow-client``, which the shared profile allows on the control topics).
+        """
         message_id = message_id or str(uuid.uuid4())
         envelope: dict[str, Any] = {
             "specversion": "1.0",
@@ -124,14 +131,14 @@ class Observer:
             envelope["data"] = data
         body = json.dumps(envelope).encode()
         headers = {"Content-Type": "application/cloudevents+json"}
-        url = self._url(topic)
+        url = self._url(topic, via)
         request = urllib.request.Request(url, data=body, headers=headers, method="POST")
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 204, response.status
         return message_id
 
-    def _url(self, topic: str) -> str:
-        return f"http://127.0.0.1:{self.http_port}/v1.0/publish/pubsub/{topic}"
+    def _url(self, topic: str, via: int | None = None) -> str:
+        return f"http://127.0.0.1:{via or self.http_port}/v1.0/publish/pubsub/{topic}"
 
 
 @dataclass
@@ -165,6 +172,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devstack.Stack]:
         if not devstack.dapr_bin(binary).exists():
             pytest.fail(f"{devstack.dapr_bin(binary)} is missing: run scripts/setup.sh")
     with devstack.Stack(tmp_path_factory.mktemp("stack")) as running:
+        # The test client (app-id workflow-client) also drives the private workers' topics.
+        extra = [
+            f"{p}workflow.{t}" for p in TOPIC_PREFIXES for t in ("start", "approval", "control")
+        ]
+        running.component_patches[_GRANT] = ",".join([_GRANT, *extra])
         try:
             running.start_placement()
             running.start_scheduler()
@@ -192,7 +204,7 @@ def observer(stack: devstack.Stack) -> Iterator[Observer]:
     thread.start()
     devstack.wait_until(lambda: devstack.port_open(app_port), 10, "observer app")
     sidecar = stack.start_sidecar(
-        "status-observer", stack.components("redis"), app_port=app_port, wait_for_app=True
+        "workflow-client", stack.components("redis"), app_port=app_port, wait_for_app=True
     )
     collected.http_port = sidecar.http_port
     yield collected

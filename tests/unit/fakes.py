@@ -16,7 +16,7 @@ from worker.handlers.inbound import Inbound
 from worker.outcomes import Rejected
 
 
-class FakeRpcError(grpc.RpcError):
+class FakeRpcError(grpc.RpcError):  # type: ignore[misc]
     """What a failed gRPC call raises: an RpcError that also has code() and details()."""
 
     def __init__(self, code: grpc.StatusCode, details: str = "") -> None:

@@ -34,7 +34,11 @@ def test_asyncapi_references_resolve() -> None:
 def test_every_topic_has_a_channel_and_an_operation() -> None:
     document = documents()["asyncapi.json"]
     addresses = {c["address"] for c in document["channels"].values()}
-    assert addresses == {"workflow.start", "workflow.approval", "workflow.control",
-                         "workflow.status"}
+    assert addresses == {
+        "workflow.start",
+        "workflow.approval",
+        "workflow.control",
+        "workflow.status",
+    }
     actions = {o["action"] for o in document["operations"].values()}
     assert actions == {"send", "receive"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from worker.events import EventType, now
 from worker.gateway import WorkflowGateway
@@ -68,9 +68,10 @@ class StartHandler:
         """After a crash mid-way, the instance a stale claim's holder made is ours."""
         if claim.outcome is not Begin.TAKEN_OVER or claim.previous_claimed_at is None:
             return False
-        if not hasattr(created_at, "timestamp"):
+        if not isinstance(created_at, datetime):
             return False
-        return bool(created_at.timestamp() >= claim.previous_claimed_at - _SKEW.total_seconds())
+        created = created_at.replace(tzinfo=UTC) if created_at.tzinfo is None else created_at
+        return created.timestamp() >= claim.previous_claimed_at - _SKEW.total_seconds()
 
     @staticmethod
     def _reports(message: Inbound, request: StartWorkflow, instance_id: str) -> list[Outbound]:

@@ -1,0 +1,202 @@
+"""Status events leave as CloudEvents on the status topic, filtered and size-limited."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+import pytest
+
+from tests.unit.fakes import FakePublishClient, FakeRpcError
+from worker.config import Settings
+from worker.events import EVENT_TYPE_PREFIX, EventType, FailureInfo, StatusEvent
+from worker.outcomes import Transient
+from worker.publisher import Outbound, StatusPublisher
+
+_WHEN = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+
+
+def _event(
+    event: EventType = EventType.STARTED,
+    instance_id: str | None = "order-1",
+    workflow: str | None = "approval_workflow",
+    **fields: Any,
+) -> StatusEvent:
+    return StatusEvent(
+        event=event, instance_id=instance_id, workflow=workflow, occurred_at=_WHEN, **fields
+    )
+
+
+def _publisher(**settings: Any) -> tuple[StatusPublisher, FakePublishClient]:
+    client = FakePublishClient()
+    return StatusPublisher(client, Settings(**settings)), client
+
+
+def test_publishes_cloudevent_metadata_and_json() -> None:
+    publisher, client = _publisher(app_id="my-worker", pubsub_name="bus", status_topic="wf.status")
+    publisher.publish(Outbound("evt-1", _event(status="RUNNING", correlation_id="msg-9")))
+
+    assert len(client.calls) == 1
+    call = client.calls[0]
+    assert call["pubsub_name"] == "bus"
+    assert call["topic_name"] == "wf.status"
+    assert call["data_content_type"] == "application/json"
+    assert call["publish_metadata"] == {
+        "cloudevent.id": "evt-1",
+        "cloudevent.type": EVENT_TYPE_PREFIX + "started",
+        "cloudevent.source": "my-worker",
+        "cloudevent.subject": "order-1",
+        "partitionKey": "order-1",
+    }
+    body = json.loads(call["data"])
+    assert body["event"] == "started"
+    assert body["instance_id"] == "order-1"
+    assert body["workflow"] == "approval_workflow"
+    assert body["status"] == "RUNNING"
+    assert body["correlation_id"] == "msg-9"
+    assert body["truncated"] is False
+    assert datetime.fromisoformat(body["occurred_at"]) == _WHEN
+    assert "reason" not in body  # None fields are left out
+
+
+def test_event_without_instance_has_no_subject_or_partition_key() -> None:
+    publisher, client = _publisher(app_id="w")
+    publisher.publish(Outbound("evt-2", _event(EventType.PURGED, instance_id=None, count=3)))
+    meta = client.calls[0]["publish_metadata"]
+    assert "cloudevent.subject" not in meta
+    assert "partitionKey" not in meta
+    assert meta["cloudevent.type"] == EVENT_TYPE_PREFIX + "purged"
+    assert json.loads(client.calls[0]["data"])["count"] == 3
+
+
+def test_all_events_published_by_default() -> None:
+    publisher, client = _publisher(app_id="w")
+    publisher.publish_all(Outbound(f"id-{e.value}", _event(e)) for e in EventType)
+    assert [c["publish_metadata"]["cloudevent.type"] for c in client.calls] == [
+        EVENT_TYPE_PREFIX + e.value for e in EventType
+    ]
+
+
+def test_global_status_events_filter() -> None:
+    publisher, client = _publisher(
+        app_id="w", status_events=[EventType.COMPLETED, EventType.REJECTED]
+    )
+    publisher.publish_all(Outbound(f"id-{e.value}", _event(e)) for e in EventType)
+    assert client.event_ids() == ["id-completed", "id-rejected"]
+
+
+def test_per_workflow_filter_overrides_global() -> None:
+    publisher, client = _publisher(
+        app_id="w",
+        status_events=[EventType.STARTED],
+        status_events_per_workflow={"quiet": [EventType.FAILED]},
+    )
+    publisher.publish(Outbound("a", _event(EventType.STARTED, workflow="quiet")))
+    publisher.publish(Outbound("b", _event(EventType.FAILED, workflow="quiet")))
+    publisher.publish(Outbound("c", _event(EventType.STARTED, workflow="other")))
+    publisher.publish(Outbound("d", _event(EventType.FAILED, workflow="other")))
+    publisher.publish(Outbound("e", _event(EventType.STARTED, workflow=None)))
+    assert client.event_ids() == ["b", "c", "e"]
+
+
+def test_per_workflow_filter_without_global_filter() -> None:
+    publisher, _ = _publisher(
+        app_id="w", status_events_per_workflow={"quiet": [EventType.COMPLETED]}
+    )
+    assert publisher.wanted(_event(EventType.COMPLETED, workflow="quiet"))
+    assert not publisher.wanted(_event(EventType.STARTED, workflow="quiet"))
+    assert publisher.wanted(_event(EventType.STARTED, workflow="loud"))
+
+
+def test_large_payload_is_truncated_below_the_limit() -> None:
+    limit = 4_096
+    publisher, client = _publisher(app_id="w", max_status_payload_bytes=limit)
+    big = {f"key{i}": f"value-{i}" for i in range(5_000)}
+    publisher.publish(Outbound("big", _event(EventType.COMPLETED, output=big)))
+
+    data = client.calls[0]["data"]
+    assert isinstance(data, bytes)
+    assert len(data) <= limit
+    body = json.loads(data)
+    assert body["truncated"] is True
+    assert body["event"] == "completed"
+    assert body["instance_id"] == "order-1"
+    assert isinstance(body["output"], str)  # a preview of the JSON text
+    assert body["output"].startswith('{"key0": "value-0"')
+    assert len(body["output"]) < len(json.dumps(big))
+
+
+def _bulky_failure() -> StatusEvent:
+    return _event(
+        EventType.FAILED,
+        input="i" * 50_000,
+        output=["o" * 50_000],
+        custom_status={"c": "c" * 50_000},
+        failure=FailureInfo(message="m" * 50_000, type="ValueError", stack_trace="s" * 50_000),
+        reason="r" * 50_000,
+    )
+
+
+def test_truncation_cuts_every_bulky_field() -> None:
+    publisher, client = _publisher(app_id="w", max_status_payload_bytes=4_096)
+    publisher.publish(Outbound("big", _bulky_failure()))
+    data = client.calls[0]["data"]
+    assert len(data) < 10_000
+    body = json.loads(data)
+    assert body["truncated"] is True
+    assert body["failure"]["type"] == "ValueError"
+    assert "stack_trace" not in body["failure"]
+    assert 0 < len(body["failure"]["message"]) < 50_000
+    assert 0 < len(body["reason"]) < 50_000
+    for field in ("input", "output", "custom_status"):
+        assert 0 < len(body[field]) < 50_000
+
+
+def test_truncated_event_with_many_bulky_fields_fits_the_smallest_limit() -> None:
+    limit = 4_096
+    publisher, client = _publisher(app_id="w", max_status_payload_bytes=limit)
+    publisher.publish(Outbound("big", _bulky_failure()))
+    assert len(client.calls[0]["data"]) <= limit
+
+
+def test_payload_below_the_limit_is_left_alone() -> None:
+    publisher, client = _publisher(app_id="w", max_status_payload_bytes=240_000)
+    output = {"items": list(range(1_000))}
+    publisher.publish(Outbound("ok", _event(EventType.COMPLETED, output=output)))
+    body = json.loads(client.calls[0]["data"])
+    assert body["truncated"] is False
+    assert body["output"] == output
+
+
+def test_rpc_error_becomes_transient() -> None:
+    publisher, client = _publisher(app_id="w")
+    client.error = FakeRpcError(grpc.StatusCode.UNAVAILABLE, "sidecar down")
+    with pytest.raises(Transient) as info:
+        publisher.publish(Outbound("x", _event(EventType.COMPLETED)))
+    assert "completed" in str(info.value)
+    assert "order-1" in str(info.value)
+    assert info.value.__cause__ is client.error
+
+
+def test_filtered_event_does_not_call_client() -> None:
+    publisher, client = _publisher(app_id="w", status_events=[EventType.COMPLETED])
+    client.error = FakeRpcError(grpc.StatusCode.UNAVAILABLE, "sidecar down")
+    publisher.publish(Outbound("x", _event(EventType.STARTED)))  # no error: never sent
+    assert client.calls == []
+
+
+def test_outbound_record_round_trips() -> None:
+    original = Outbound(
+        "evt-7",
+        _event(
+            EventType.FAILED,
+            failure=FailureInfo(message="boom", type="RuntimeError"),
+            output={"a": [1, False, None]},
+            count=None,
+        ),
+    )
+    record = json.loads(json.dumps(original.to_record()))
+    restored = Outbound.from_record(record)
+    assert restored == original

@@ -1,0 +1,268 @@
+"""`workflow.start`: one instance per message, never a second start of a live id."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import pytest
+
+from tests.unit.fakes import FakeGateway, inbound, state
+from worker.events import EventType
+from worker.gateway import WorkflowGateway
+from worker.handlers.inbound import Inbound
+from worker.handlers.start import StartHandler, derived_instance_id
+from worker.hosting import unwrap_input, wrap_input
+from worker.idempotency import Begin, Claim
+from worker.messages import StartWorkflow
+from worker.outcomes import Rejected
+
+ALLOWED = ("approval_workflow", "counter_workflow")
+NEW = Claim(Begin.NEW, "key")
+
+
+@pytest.fixture
+def gateway() -> FakeGateway:
+    return FakeGateway()
+
+
+@pytest.fixture
+def handler(gateway: FakeGateway) -> StartHandler:
+    return StartHandler(cast(WorkflowGateway, gateway), ALLOWED)
+
+
+@pytest.fixture
+def utc_local_time() -> Iterator[None]:
+    """Make the process's local time zone UTC for the test (naive datetimes are UTC)."""
+    with _local_timezone("UTC0"):
+        yield
+
+
+class _local_timezone:
+    def __init__(self, tz: str) -> None:
+        self._tz = tz
+        self._saved: str | None = None
+
+    def __enter__(self) -> None:
+        self._saved = os.environ.get("TZ")
+        os.environ["TZ"] = self._tz
+        time.tzset()
+
+    def __exit__(self, *_: object) -> None:
+        if self._saved is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = self._saved
+        time.tzset()
+
+
+def start_message(message_id: str = "msg-1", source: str = "tests", **body: Any) -> Inbound:
+    return inbound(
+        {"workflow": "approval_workflow", **body},
+        topic="workflow.start",
+        message_id=message_id,
+        source=source,
+    )
+
+
+def _naive_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def test_derived_instance_id_is_stable_per_message() -> None:
+    first = derived_instance_id("approval_workflow", start_message("m1"))
+    again = derived_instance_id("approval_workflow", start_message("m1", input={"other": "body"}))
+    assert first == again
+    assert first.startswith("approval_workflow-")
+    assert first != derived_instance_id("approval_workflow", start_message("m2"))
+    assert first != derived_instance_id("approval_workflow", start_message("m1", source="x"))
+    # A derived id is itself a valid instance id.
+    StartWorkflow.model_validate({"workflow": "w", "instance_id": first})
+
+
+def _started(gateway: FakeGateway) -> list[tuple[Any, ...]]:
+    return [c for c in gateway.calls if c[0] == "start"]
+
+
+def test_starts_under_the_derived_id(handler: StartHandler, gateway: FakeGateway) -> None:
+    user_input = {"order_id": "1001", "approved": False}
+    message = start_message(input=user_input)
+    events = handler.handle(message, NEW)
+
+    expected_id = derived_instance_id("approval_workflow", message)
+    assert gateway.calls == [
+        ("get_state", expected_id, False),
+        ("start", "approval_workflow", expected_id, wrap_input(user_input, "msg-1"), None),
+    ]
+    # An immediate start is reported (`started`) by the workflow itself, not here.
+    assert events == []
+
+
+def test_start_input_carries_the_message_id_for_the_workflow(
+    handler: StartHandler, gateway: FakeGateway
+) -> None:
+    inputs: list[Any] = [False, 0, {}, None, [1, 2]]
+    for user_input in inputs:
+        gateway.calls.clear()
+        handler.handle(start_message("msg-7", input=user_input), NEW)
+        [(_, _, _, data, _)] = _started(gateway)
+        meta, unwrapped = unwrap_input(data)
+        assert meta == {"correlation_id": "msg-7"}
+        assert unwrapped == user_input
+        assert type(unwrapped) is type(user_input)
+
+
+def test_redelivered_scheduled_message_reports_the_same_event_id(handler: StartHandler) -> None:
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    [first] = handler.handle(start_message(start_at=later), NEW)
+    [second] = handler.handle(start_message(start_at=later), NEW)
+    [other] = handler.handle(start_message("msg-2", start_at=later), NEW)
+    assert first.event_id == second.event_id
+    assert first.event_id != other.event_id
+
+
+def test_explicit_instance_id_is_used(handler: StartHandler, gateway: FakeGateway) -> None:
+    handler.handle(start_message(instance_id="order-1001"), NEW)
+    assert gateway.mutations() == [
+        ("start", "approval_workflow", "order-1001", wrap_input(None, "msg-1"), None)
+    ]
+
+
+def test_workflow_not_allowed_is_rejected(handler: StartHandler, gateway: FakeGateway) -> None:
+    message = inbound({"workflow": "evil_workflow"}, topic="workflow.start")
+    with pytest.raises(Rejected) as info:
+        handler.handle(message, NEW)
+    assert "'evil_workflow' is not allowed" in info.value.reason
+    assert "approval_workflow, counter_workflow" in info.value.reason
+    assert gateway.calls == []
+
+
+def test_empty_allowlist_says_none(gateway: FakeGateway) -> None:
+    handler = StartHandler(cast(WorkflowGateway, gateway), ())
+    with pytest.raises(Rejected) as info:
+        handler.handle(start_message(), NEW)
+    assert info.value.reason.endswith("allowed: none")
+
+
+def test_invalid_message_is_rejected_before_any_call(
+    handler: StartHandler, gateway: FakeGateway
+) -> None:
+    with pytest.raises(Rejected) as info:
+        handler.handle(start_message(instance_id="has space"), NEW)
+    assert "instance_id" in info.value.reason
+    assert gateway.calls == []
+
+
+@pytest.mark.parametrize("status", ["RUNNING", "PENDING", "SUSPENDED", "STALLED"])
+def test_active_existing_instance_is_rejected(
+    handler: StartHandler, gateway: FakeGateway, status: str
+) -> None:
+    gateway.states["order-1"] = state("order-1", status)
+    with pytest.raises(Rejected) as info:
+        handler.handle(start_message(instance_id="order-1", replace=True), NEW)
+    assert status in info.value.reason
+    assert "already exists" in info.value.reason
+    assert info.value.status == status
+    assert info.value.instance_id == "order-1"
+    assert info.value.workflow == "approval_workflow"
+    assert gateway.mutations() == []
+
+
+@pytest.mark.parametrize("status", ["COMPLETED", "FAILED", "TERMINATED"])
+def test_finished_instance_without_replace_is_rejected(
+    handler: StartHandler, gateway: FakeGateway, status: str
+) -> None:
+    gateway.states["order-1"] = state("order-1", status)
+    with pytest.raises(Rejected) as info:
+        handler.handle(start_message(instance_id="order-1"), NEW)
+    assert "replace" in info.value.reason
+    assert status in info.value.reason
+    assert info.value.status == status
+    assert gateway.mutations() == []
+
+
+@pytest.mark.parametrize("status", ["COMPLETED", "FAILED", "TERMINATED"])
+def test_finished_instance_with_replace_is_started_again(
+    handler: StartHandler, gateway: FakeGateway, status: str
+) -> None:
+    gateway.states["order-1"] = state("order-1", status)
+    assert handler.handle(start_message(instance_id="order-1", replace=True), NEW) == []
+    assert gateway.mutations() == [
+        ("start", "approval_workflow", "order-1", wrap_input(None, "msg-1"), None)
+    ]
+
+
+def test_future_start_at_is_scheduled(handler: StartHandler, gateway: FakeGateway) -> None:
+    start_at = (datetime.now(UTC) + timedelta(hours=2)).replace(microsecond=0)
+    [outbound] = handler.handle(
+        start_message(instance_id="order-1", start_at=start_at.isoformat()), NEW
+    )
+    assert gateway.mutations() == [
+        ("start", "approval_workflow", "order-1", wrap_input(None, "msg-1"), start_at)
+    ]
+    event = outbound.event
+    assert event.event is EventType.SCHEDULED
+    assert event.status == "PENDING"
+    assert event.instance_id == "order-1"
+    assert event.workflow == "approval_workflow"
+    assert event.correlation_id == "msg-1"
+
+
+def test_past_start_at_is_an_immediate_start(handler: StartHandler, gateway: FakeGateway) -> None:
+    events = handler.handle(
+        start_message(instance_id="order-1", start_at="2020-01-01T00:00:00Z"), NEW
+    )
+    assert events == []  # no `scheduled`: the workflow reports `started` itself
+    assert len(_started(gateway)) == 1
+
+
+@pytest.mark.usefixtures("utc_local_time")
+def test_taken_over_claim_recognises_the_instance_it_started(
+    handler: StartHandler, gateway: FakeGateway
+) -> None:
+    claimed_at = datetime.now(UTC) - timedelta(minutes=5)
+    gateway.states["order-1"] = state(
+        "order-1", "RUNNING", created_at=_naive_utc(claimed_at + timedelta(seconds=1))
+    )
+    claim = Claim(Begin.TAKEN_OVER, "key", previous_claimed_at=claimed_at.timestamp())
+    assert handler.handle(start_message(instance_id="order-1"), claim) == []
+    assert gateway.mutations() == []  # not started twice, and not rejected
+
+
+@pytest.mark.usefixtures("utc_local_time")
+def test_taken_over_claim_does_not_adopt_an_older_instance(
+    handler: StartHandler, gateway: FakeGateway
+) -> None:
+    claimed_at = datetime.now(UTC) - timedelta(minutes=5)
+    gateway.states["order-1"] = state(
+        "order-1", "RUNNING", created_at=_naive_utc(claimed_at - timedelta(hours=1))
+    )
+    claim = Claim(Begin.TAKEN_OVER, "key", previous_claimed_at=claimed_at.timestamp())
+    with pytest.raises(Rejected):
+        handler.handle(start_message(instance_id="order-1"), claim)
+
+
+def test_new_claim_never_adopts_an_existing_instance(
+    handler: StartHandler, gateway: FakeGateway
+) -> None:
+    gateway.states["order-1"] = state("order-1", "RUNNING", created_at=datetime.now(UTC))
+    claim = Claim(Begin.NEW, "key", previous_claimed_at=0.0)
+    with pytest.raises(Rejected):
+        handler.handle(start_message(instance_id="order-1"), claim)
+
+
+def test_taken_over_claim_recognises_its_instance_outside_utc(
+    handler: StartHandler, gateway: FakeGateway
+) -> None:
+    claimed_at = datetime.now(UTC) - timedelta(minutes=5)
+    gateway.states["order-1"] = state(
+        "order-1", "RUNNING", created_at=_naive_utc(claimed_at + timedelta(seconds=1))
+    )
+    claim = Claim(Begin.TAKEN_OVER, "key", previous_claimed_at=claimed_at.timestamp())
+    with _local_timezone("XYZ-3"):  # POSIX for UTC+3
+        events = handler.handle(start_message(instance_id="order-1"), claim)
+    assert events == []
+    assert gateway.mutations() == []
