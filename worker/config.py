@@ -80,6 +80,9 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='Per-workflow override of status_events, JSON: {"name": ["completed"]}.',
     )
+    max_message_bytes: int = Field(
+        default=1_000_000, ge=1_024, description="Larger inbound messages are rejected."
+    )
     max_status_payload_bytes: int = Field(
         default=240_000,
         ge=4_096,

@@ -65,7 +65,7 @@ class WorkerService:
         store = IdempotencyStore(
             self._dapr, s.state_store, s.idempotency_ttl_seconds, s.claim_lease_seconds
         )
-        self._pipeline = Pipeline(store, publisher, s.max_transient_attempts)
+        self._pipeline = Pipeline(store, publisher, s.max_transient_attempts, s.max_message_bytes)
         handlers: dict[str, TopicHandler] = {
             s.start_topic: StartHandler(self._gateway, allowed),
             s.approval_topic: ApprovalHandler(self._gateway),

@@ -268,3 +268,34 @@ def test_in_flight_is_zero_after_each_delivery(harness: Harness) -> None:
     harness.deliver(FakeHandler(errors=[Transient("x")]), cloud_event(message_id="b"))
     harness.deliver(FakeHandler(errors=[Rejected("x")]), cloud_event(message_id="c"))
     assert harness.pipeline.in_flight.wait_idle(timeout=0)
+
+
+def test_oversized_message_is_rejected_without_calling_the_handler() -> None:
+    state, pubsub = FakeStateClient(), FakePublishClient()
+    store = IdempotencyStore(state, "statestore", ttl_seconds=3600, lease_seconds=60)
+    publisher = StatusPublisher(pubsub, Settings(app_id="worker"))
+    small = Harness(
+        Pipeline(store, publisher, MAX_ATTEMPTS, max_message_bytes=2_048), state, pubsub, store
+    )
+    handler = FakeHandler()
+    big = json.dumps({"action": "query", "instance_id": "x", "pad": "y" * 4_000}).encode()
+    assert small.deliver(handler, cloud_event(data=big)) == "drop"
+    assert handler.calls == []
+    (rejected,) = small.published()
+    assert rejected["event"] == "rejected"
+    assert "limit is 2048" in rejected["reason"]
+
+
+def test_every_outcome_is_audited_as_one_json_line(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="worker.audit")
+    harness.deliver(FakeHandler(), cloud_event(message_id="audit-1", source="ops-console"))
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "worker.audit"]
+    assert [(line["event"], line["instance_id"]) for line in lines] == [
+        ("started", "order-1"),
+        ("suspended", "order-2"),
+    ]
+    assert {line["source"] for line in lines} == {"ops-console"}
+    assert {line["message_id"] for line in lines} == {"audit-1"}
+    assert {line["outcome"] for line in lines} == {"success"}

@@ -6,6 +6,7 @@ record -> status events out -> success, retry or drop.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections import OrderedDict
@@ -81,11 +82,17 @@ class Pipeline:
     """Runs a `TopicHandler` for each delivery and maps the result to a pub/sub response."""
 
     def __init__(
-        self, store: IdempotencyStore, publisher: StatusPublisher, max_transient_attempts: int
+        self,
+        store: IdempotencyStore,
+        publisher: StatusPublisher,
+        max_transient_attempts: int,
+        max_message_bytes: int = 1_000_000,
     ) -> None:
         self._store = store
         self._publisher = publisher
+        self._max_bytes = max_message_bytes
         self._max_attempts = max_transient_attempts
+        self._max_bytes = max_message_bytes
         self._attempts: OrderedDict[str, int] = OrderedDict()
         self._lock = threading.Lock()
         self.in_flight = InFlight()
@@ -124,6 +131,10 @@ class Pipeline:
 
         status = "success"
         try:
+            if len(message.data) > self._max_bytes:
+                raise Rejected(
+                    f"message is {len(message.data)} bytes; the limit is {self._max_bytes}"
+                )
             events = handler.handle(message, claim)
         except Rejected as error:
             events = [
@@ -173,17 +184,33 @@ class Pipeline:
 
     @staticmethod
     def _audit(message: Inbound, events: list[Outbound], status: str) -> None:
+        """One JSON line per outcome: who asked (CloudEvent source), what, which, result."""
+        if not events:
+            audit.info(
+                json.dumps(
+                    {
+                        "topic": message.topic,
+                        "message_id": message.message_id,
+                        "source": message.source,
+                        "outcome": status,
+                    }
+                )
+            )
         for outbound in events:
             e = outbound.event
             audit.info(
-                "topic=%s message=%s source=%s event=%s instance=%s outcome=%s reason=%s",
-                message.topic,
-                message.message_id,
-                message.source,
-                e.event.value,
-                e.instance_id,
-                status,
-                e.reason,
+                json.dumps(
+                    {
+                        "topic": message.topic,
+                        "message_id": message.message_id,
+                        "source": message.source,
+                        "event": e.event.value,
+                        "instance_id": e.instance_id,
+                        "workflow": e.workflow,
+                        "outcome": status,
+                        "reason": e.reason,
+                    }
+                )
             )
             if status == "drop":
                 log.warning("rejected %s: %s", message.describe(), e.reason)
