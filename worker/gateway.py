@@ -23,7 +23,7 @@ from dapr.ext.workflow._durabletask.internal import orchestrator_service_pb2_grp
 from dapr.ext.workflow.logger import LoggerOptions
 from google.protobuf import wrappers_pb2
 
-from worker.hosting import unwrap_input
+from worker.origin import Origin, unwrap
 from worker.outcomes import Transient, raise_classified
 
 T = TypeVar("T")
@@ -46,6 +46,7 @@ class InstanceState:
     custom_status: Any = None
     failure_message: str | None = None
     failure_type: str | None = None
+    origin: Origin | None = None  # the message that started it, when the worker did
 
     @property
     def is_terminal(self) -> bool:
@@ -107,17 +108,19 @@ class WorkflowGateway:
         if state is None:
             return None
         failure = state.failure_details
+        origin, data = unwrap(_json_or_text(state.serialized_input))
         return InstanceState(
             instance_id=instance_id,
             workflow=state.name,
             status=state.runtime_status.name,
             created_at=state.created_at,
             last_updated_at=state.last_updated_at,
-            input=unwrap_input(_json_or_text(state.serialized_input))[1],
+            input=data,
             output=_json_or_text(state.serialized_output),
             custom_status=_json_or_text(state.serialized_custom_status),
             failure_message=failure.message if failure else None,
             failure_type=failure.error_type if failure else None,
+            origin=origin,
         )
 
     def start(self, workflow: str, instance_id: str, data: Any, start_at: datetime | None) -> None:

@@ -29,26 +29,12 @@ from dapr.ext.workflow import (
 from dapr.ext.workflow.logger import LoggerOptions
 
 from worker.events import EventType, FailureInfo, StatusEvent, stable_event_id
+from worker.origin import Origin, unwrap
 from worker.publisher import Outbound, StatusPublisher
 
 log = logging.getLogger(__name__)
 
 REPORT_ACTIVITY = "worker_report_status"
-ENVELOPE_KEY = "__dapr_workflow_worker__"
-
-
-def wrap_input(data: Any, correlation_id: str) -> dict[str, Any]:
-    """The input the worker starts an instance with: the user's input plus the message id."""
-    return {ENVELOPE_KEY: {"correlation_id": correlation_id}, "input": data}
-
-
-def unwrap_input(data: Any) -> tuple[dict[str, Any] | None, Any]:
-    """(worker metadata or None, the user's input). Inputs from elsewhere pass unchanged."""
-    if isinstance(data, dict) and isinstance(data.get(ENVELOPE_KEY), dict):
-        return data[ENVELOPE_KEY], data.get("input")
-    return None, data
-
-
 # Keep retrying the report for about an hour while the broker or sidecar is down.
 _REPORT_RETRY = RetryPolicy(
     first_retry_interval=timedelta(seconds=1),
@@ -59,28 +45,34 @@ _REPORT_RETRY = RetryPolicy(
 
 
 class _TrackingContext:
-    """The workflow's context, noting whether the workflow continued as new."""
+    """The workflow's context, noting whether the workflow continued as new.
 
-    def __init__(self, ctx: DaprWorkflowContext) -> None:
+    A run started by a message keeps its origin across continue-as-new generations.
+    """
+
+    def __init__(self, ctx: DaprWorkflowContext, origin: Origin | None) -> None:
         self._ctx = ctx
+        self._origin = origin
         self.continued_as_new = False
 
     def continue_as_new(self, new_input: Any, *, save_events: bool = False) -> None:
         self.continued_as_new = True
+        if self._origin is not None:
+            new_input = self._origin.next_generation().wrap(new_input)
         self._ctx.continue_as_new(new_input, save_events=save_events)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._ctx, name)
 
 
-def _report(ctx: DaprWorkflowContext, workflow: str, started: str, **fields: Any) -> Any:
+def _report(ctx: DaprWorkflowContext, workflow: str, run: str, **fields: Any) -> Any:
     event = StatusEvent(
         instance_id=ctx.instance_id,
         workflow=workflow,
         occurred_at=ctx.current_utc_datetime,
         **fields,
     )
-    event_id = stable_event_id(ctx.instance_id, started, event.event.value)
+    event_id = stable_event_id(ctx.instance_id, run, event.event.value)
     return ctx.call_activity(
         REPORT_ACTIVITY,
         input=Outbound(event_id, event).to_record(),
@@ -94,21 +86,23 @@ def reporting(fn: Callable[..., Any], name: str) -> Callable[..., Generator[Any,
 
     def workflow(ctx: DaprWorkflowContext, data: Any = None) -> Generator[Any, Any, Any]:
         started = ctx.current_utc_datetime.isoformat()  # deterministic under replay
-        meta, data = unwrap_input(data)
-        if meta is not None:  # started by a message (not a later continue-as-new generation)
+        origin, data = unwrap(data)
+        # Event ids of this run: from the message that started it, else from its start time.
+        run = origin.run_key() if origin is not None else started
+        if origin is not None and origin.generation == 0:
             try:
                 yield _report(
                     ctx,
                     name,
-                    started,
+                    run,
                     event=EventType.STARTED,
                     status="RUNNING",
                     created_at=started,
-                    correlation_id=meta.get("correlation_id"),
+                    correlation_id=origin.message_id,
                 )
             except Exception:
                 log.exception("could not report start of %s", ctx.instance_id)
-        tracked = _TrackingContext(ctx)
+        tracked = _TrackingContext(ctx, origin)
         try:
             result = fn(tracked, data) if takes_input else fn(tracked)
             if inspect.isgenerator(result):
@@ -119,7 +113,7 @@ def reporting(fn: Callable[..., Any], name: str) -> Callable[..., Generator[Any,
                 yield _report(
                     ctx,
                     name,
-                    started,
+                    run,
                     event=EventType.FAILED,
                     status="FAILED",
                     previous_status="RUNNING",
@@ -134,7 +128,7 @@ def reporting(fn: Callable[..., Any], name: str) -> Callable[..., Generator[Any,
                 yield _report(
                     ctx,
                     name,
-                    started,
+                    run,
                     event=EventType.COMPLETED,
                     status="COMPLETED",
                     previous_status="RUNNING",

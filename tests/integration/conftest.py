@@ -26,7 +26,7 @@ from dapr.ext.workflow import DaprWorkflowClient
 
 from scripts import devstack
 
-TOPIC_PREFIXES = ("purge.", "kill.")  # private workers of single tests
+TOPIC_PREFIXES = ("purge.", "kill.", "rep.", "term.")  # private workers of single tests
 STATUS_TOPICS = ("workflow.status", *(f"{p}workflow.status" for p in TOPIC_PREFIXES))
 _GRANT = "workflow-client=workflow.start,workflow.approval,workflow.control"
 DEAD_LETTER_TOPICS = ("workflow.deadletter",)
@@ -54,7 +54,9 @@ class Observer:
 
     def record(self, topic: str, event: v1.Event) -> None:
         raw = event.Data()
-        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        # Dead letters carry whatever poison came in: never fail on it (a failing handler
+        # would have its sidecar redeliver it for ever).
+        text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
         try:
             data = json.loads(text) if text else {}
         except ValueError:
@@ -81,6 +83,15 @@ class Observer:
 
     def for_message(self, message_id: str, topic: str = "workflow.status") -> list[Received]:
         return [r for r in self.events(topic) if r.data.get("correlation_id") == message_id]
+
+    def by_instance(self, topic: str) -> dict[str, dict[str, set[str]]]:
+        """instance id -> event type -> the distinct CloudEvent ids seen."""
+        summary: dict[str, dict[str, set[str]]] = {}
+        for r in self.events(topic):
+            instance_id = r.data.get("instance_id")
+            if instance_id:
+                summary.setdefault(instance_id, {}).setdefault(r.data["event"], set()).add(r.id)
+        return summary
 
     def wait_for(
         self,
@@ -177,6 +188,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devstack.Stack]:
             f"{p}workflow.{t}" for p in TOPIC_PREFIXES for t in ("start", "approval", "control")
         ]
         running.component_patches[_GRANT] = ",".join([_GRANT, *extra])
+        # Redeliver what a crashed sidecar held after 10 s rather than 30 s.
+        running.component_patches['value: "30s"'] = 'value: "10s"'
         try:
             running.start_placement()
             running.start_scheduler()
@@ -251,6 +264,19 @@ def start_worker(
 def restart_worker(stack: devstack.Stack, worker: Worker, name: str) -> None:
     """Start the worker process again on the same sidecar (after a crash)."""
     worker.proc = stack.start_worker(worker.sidecar, name=name, env=worker.env)
+
+
+def restart_sidecar(stack: devstack.Stack, worker: Worker, name: str) -> None:
+    """Start the worker's sidecar again, on the same ports, for the same worker process."""
+    old = worker.sidecar
+    worker.sidecar = stack.start_sidecar(
+        old.app_id,
+        stack.components("redis"),
+        app_port=old.app_port,
+        name=name,
+        grpc_port=old.grpc_port,
+        http_port=old.http_port,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -14,9 +14,8 @@ from worker.hosting import (
     REPORT_ACTIVITY,
     WorkflowRegistry,
     reporting,
-    unwrap_input,
-    wrap_input,
 )
+from worker.origin import Origin, unwrap
 from worker.publisher import Outbound
 
 _STARTED_AT = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
@@ -106,7 +105,7 @@ def test_started_is_reported_first_when_a_message_started_it() -> None:
         yield ctx.call_activity("work", input=data)
         return "ok"
 
-    gen = run(workflow, ctx, data=wrap_input({"order": 7}, "msg-42"))
+    gen = run(workflow, ctx, data=Origin("ops", "msg-42").wrap({"order": 7}))
     started = _report_of(next(gen))
     assert started.event.event.value == "started"
     assert started.event.status == "RUNNING"
@@ -126,15 +125,51 @@ def test_started_is_reported_first_when_a_message_started_it() -> None:
 
 @pytest.mark.parametrize("user_input", [False, 0, {}, None, "text", [1]])
 def test_wrapped_input_round_trips(user_input: Any) -> None:
-    meta, data = unwrap_input(wrap_input(user_input, "m"))
-    assert meta == {"correlation_id": "m"}
+    origin, data = unwrap(Origin("ops", "m", 2).wrap(user_input))
+    assert origin == Origin("ops", "m", 2)
     assert data == user_input
     assert type(data) is type(user_input)
 
 
 def test_unwrapped_input_passes_unchanged() -> None:
     for value in ({"input": 1}, {"a": 1}, [1], None, "x"):
-        assert unwrap_input(value) == (None, value)
+        assert unwrap(value) == (None, value)
+
+
+def test_event_ids_follow_the_message_not_the_clock() -> None:
+    """A run re-executed after a crash (another start time) reports under the same ids."""
+
+    def workflow(ctx: Any, data: Any) -> str:
+        return "ok"
+
+    data = Origin("ops", "msg-1").wrap(None)
+    first, second = FakeContext(), FakeContext()
+    second.current_utc_datetime = datetime(2030, 1, 1, tzinfo=UTC)
+    ids = []
+    for ctx in (first, second):
+        gen = run(workflow, ctx, data=data)
+        started = _report_of(next(gen))
+        completed = _report_of(gen.send(None))
+        ids.append((started.event_id, completed.event_id))
+    assert ids[0] == ids[1]
+
+
+def test_continue_as_new_keeps_the_origin_and_reports_started_once() -> None:
+    ctx = FakeContext()
+
+    def workflow(ctx: Any, n: Any) -> None:
+        ctx.continue_as_new(n + 1)
+
+    gen = run(workflow, ctx, data=Origin("ops", "msg-1").wrap(1))
+    assert _report_of(next(gen)).event.event.value == "started"
+    with pytest.raises(StopIteration):
+        gen.send(None)
+    ((new_input, _),) = ctx.continued
+    origin, data = unwrap(new_input)
+    assert (origin, data) == (Origin("ops", "msg-1", 1), 2)
+    gen = run(workflow, FakeContext(), data=new_input)
+    with pytest.raises(StopIteration):
+        next(gen)  # generation 1: no second `started`, and no `completed` either
 
 
 def test_failure_is_reported_then_the_error_re_raised() -> None:

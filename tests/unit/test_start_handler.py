@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -15,9 +16,9 @@ from worker.events import EventType
 from worker.gateway import WorkflowGateway
 from worker.handlers.inbound import Inbound
 from worker.handlers.start import StartHandler, derived_instance_id
-from worker.hosting import unwrap_input, wrap_input
 from worker.idempotency import Begin, Claim
 from worker.messages import StartWorkflow
+from worker.origin import Origin, unwrap
 from worker.outcomes import Rejected
 
 ALLOWED = ("approval_workflow", "counter_workflow")
@@ -94,8 +95,14 @@ def test_starts_under_the_derived_id(handler: StartHandler, gateway: FakeGateway
 
     expected_id = derived_instance_id("approval_workflow", message)
     assert gateway.calls == [
-        ("get_state", expected_id, False),
-        ("start", "approval_workflow", expected_id, wrap_input(user_input, "msg-1"), None),
+        ("get_state", expected_id, True),
+        (
+            "start",
+            "approval_workflow",
+            expected_id,
+            Origin("tests", "msg-1").wrap(user_input),
+            None,
+        ),
     ]
     # An immediate start is reported (`started`) by the workflow itself, not here.
     assert events == []
@@ -109,8 +116,8 @@ def test_start_input_carries_the_message_id_for_the_workflow(
         gateway.calls.clear()
         handler.handle(start_message("msg-7", input=user_input), NEW)
         [(_, _, _, data, _)] = _started(gateway)
-        meta, unwrapped = unwrap_input(data)
-        assert meta == {"correlation_id": "msg-7"}
+        origin, unwrapped = unwrap(data)
+        assert origin == Origin("tests", "msg-7")
         assert unwrapped == user_input
         assert type(unwrapped) is type(user_input)
 
@@ -127,7 +134,7 @@ def test_redelivered_scheduled_message_reports_the_same_event_id(handler: StartH
 def test_explicit_instance_id_is_used(handler: StartHandler, gateway: FakeGateway) -> None:
     handler.handle(start_message(instance_id="order-1001"), NEW)
     assert gateway.mutations() == [
-        ("start", "approval_workflow", "order-1001", wrap_input(None, "msg-1"), None)
+        ("start", "approval_workflow", "order-1001", Origin("tests", "msg-1").wrap(None), None)
     ]
 
 
@@ -191,7 +198,7 @@ def test_finished_instance_with_replace_is_started_again(
     gateway.states["order-1"] = state("order-1", status)
     assert handler.handle(start_message(instance_id="order-1", replace=True), NEW) == []
     assert gateway.mutations() == [
-        ("start", "approval_workflow", "order-1", wrap_input(None, "msg-1"), None)
+        ("start", "approval_workflow", "order-1", Origin("tests", "msg-1").wrap(None), None)
     ]
 
 
@@ -201,7 +208,7 @@ def test_future_start_at_is_scheduled(handler: StartHandler, gateway: FakeGatewa
         start_message(instance_id="order-1", start_at=start_at.isoformat()), NEW
     )
     assert gateway.mutations() == [
-        ("start", "approval_workflow", "order-1", wrap_input(None, "msg-1"), start_at)
+        ("start", "approval_workflow", "order-1", Origin("tests", "msg-1").wrap(None), start_at)
     ]
     event = outbound.event
     assert event.event is EventType.SCHEDULED
@@ -219,50 +226,24 @@ def test_past_start_at_is_an_immediate_start(handler: StartHandler, gateway: Fak
     assert len(_started(gateway)) == 1
 
 
-@pytest.mark.usefixtures("utc_local_time")
-def test_taken_over_claim_recognises_the_instance_it_started(
+def test_an_instance_this_message_started_is_recognised_not_rejected(
     handler: StartHandler, gateway: FakeGateway
 ) -> None:
-    claimed_at = datetime.now(UTC) - timedelta(minutes=5)
-    gateway.states["order-1"] = state(
-        "order-1", "RUNNING", created_at=_naive_utc(claimed_at + timedelta(seconds=1))
+    """The first delivery started it but its answer was lost (sidecar died mid-call)."""
+    gateway.states["order-1"] = replace(
+        state("order-1", "COMPLETED"), origin=Origin("tests", "msg-1")
     )
-    claim = Claim(Begin.TAKEN_OVER, "key", previous_claimed_at=claimed_at.timestamp())
-    assert handler.handle(start_message(instance_id="order-1"), claim) == []
+    assert handler.handle(start_message(instance_id="order-1"), NEW) == []
     assert gateway.mutations() == []  # not started twice, and not rejected
 
 
-@pytest.mark.usefixtures("utc_local_time")
-def test_taken_over_claim_does_not_adopt_an_older_instance(
-    handler: StartHandler, gateway: FakeGateway
+@pytest.mark.parametrize(
+    "origin", [None, Origin("tests", "msg-other"), Origin("elsewhere", "msg-1")]
+)
+def test_an_instance_another_message_started_is_rejected(
+    handler: StartHandler, gateway: FakeGateway, origin: Origin | None
 ) -> None:
-    claimed_at = datetime.now(UTC) - timedelta(minutes=5)
-    gateway.states["order-1"] = state(
-        "order-1", "RUNNING", created_at=_naive_utc(claimed_at - timedelta(hours=1))
-    )
-    claim = Claim(Begin.TAKEN_OVER, "key", previous_claimed_at=claimed_at.timestamp())
-    with pytest.raises(Rejected):
-        handler.handle(start_message(instance_id="order-1"), claim)
-
-
-def test_new_claim_never_adopts_an_existing_instance(
-    handler: StartHandler, gateway: FakeGateway
-) -> None:
-    gateway.states["order-1"] = state("order-1", "RUNNING", created_at=datetime.now(UTC))
-    claim = Claim(Begin.NEW, "key", previous_claimed_at=0.0)
-    with pytest.raises(Rejected):
-        handler.handle(start_message(instance_id="order-1"), claim)
-
-
-def test_taken_over_claim_recognises_its_instance_outside_utc(
-    handler: StartHandler, gateway: FakeGateway
-) -> None:
-    claimed_at = datetime.now(UTC) - timedelta(minutes=5)
-    gateway.states["order-1"] = state(
-        "order-1", "RUNNING", created_at=_naive_utc(claimed_at + timedelta(seconds=1))
-    )
-    claim = Claim(Begin.TAKEN_OVER, "key", previous_claimed_at=claimed_at.timestamp())
-    with _local_timezone("XYZ-3"):  # POSIX for UTC+3
-        events = handler.handle(start_message(instance_id="order-1"), claim)
-    assert events == []
+    gateway.states["order-1"] = replace(state("order-1", "RUNNING"), origin=origin)
+    with pytest.raises(Rejected, match="already exists"):
+        handler.handle(start_message(instance_id="order-1"), NEW)
     assert gateway.mutations() == []

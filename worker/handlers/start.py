@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection
-from datetime import UTC, datetime, timedelta
 
 from worker.events import EventType, now
 from worker.gateway import WorkflowGateway
 from worker.handlers.inbound import Inbound, parse
 from worker.handlers.report import report
-from worker.hosting import wrap_input
-from worker.idempotency import Begin, Claim
+from worker.idempotency import Claim
 from worker.messages import StartWorkflow
+from worker.origin import Origin
 from worker.outcomes import Rejected
 from worker.publisher import Outbound
 
 _ID_NAMESPACE = uuid.UUID("0b7e4b8c-2f33-4c52-8a1d-6d1f7e0c9a41")
-# Clock skew tolerated when deciding that an instance was created by an earlier delivery.
-_SKEW = timedelta(seconds=5)
 
 
 def derived_instance_id(workflow: str, message: Inbound) -> str:
@@ -40,9 +37,11 @@ class StartHandler:
                 f"{', '.join(sorted(self._allowed)) or 'none'}"
             )
         instance_id = request.instance_id or derived_instance_id(request.workflow, message)
-        existing = self._gateway.get_state(instance_id, payloads=False)
+        existing = self._gateway.get_state(instance_id, payloads=True)
         if existing is not None:
-            if self._created_by_earlier_delivery(claim, existing.created_at):
+            if existing.origin is not None and existing.origin.same_message(
+                message.source, message.message_id
+            ):  # this message started it already: an earlier delivery's outcome was lost
                 return self._reports(message, request, instance_id)
             if not existing.is_terminal:
                 raise Rejected(
@@ -59,19 +58,9 @@ class StartHandler:
                     instance_id=instance_id,
                     workflow=request.workflow,
                 )
-        data = wrap_input(request.input, message.message_id)
+        data = Origin(message.source, message.message_id).wrap(request.input)
         self._gateway.start(request.workflow, instance_id, data, request.start_at)
         return self._reports(message, request, instance_id)
-
-    @staticmethod
-    def _created_by_earlier_delivery(claim: Claim, created_at: object) -> bool:
-        """After a crash mid-way, the instance a stale claim's holder made is ours."""
-        if claim.outcome is not Begin.TAKEN_OVER or claim.previous_claimed_at is None:
-            return False
-        if not isinstance(created_at, datetime):
-            return False
-        created = created_at.replace(tzinfo=UTC) if created_at.tzinfo is None else created_at
-        return created.timestamp() >= claim.previous_claimed_at - _SKEW.total_seconds()
 
     @staticmethod
     def _reports(message: Inbound, request: StartWorkflow, instance_id: str) -> list[Outbound]:

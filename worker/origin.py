@@ -1,0 +1,49 @@
+"""Which message started an instance, carried inside the instance's own input.
+
+The worker starts every instance with ``{"__dapr_workflow_worker__": {...}, "input": <yours>}``;
+the hosting wrapper unwraps it before your workflow sees its input. Because the instance itself
+records its origin, a redelivered start recognises the instance it created (even when the
+first delivery's outcome was never seen), and the status events of one run keep their ids
+when the engine re-executes it after a crash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+ENVELOPE_KEY = "__dapr_workflow_worker__"
+
+
+@dataclass(frozen=True)
+class Origin:
+    source: str
+    message_id: str
+    generation: int = 0  # continue-as-new generations of the same run
+
+    def wrap(self, data: Any) -> dict[str, Any]:
+        meta = {"source": self.source, "message_id": self.message_id, "generation": self.generation}
+        return {ENVELOPE_KEY: meta, "input": data}
+
+    def next_generation(self) -> Origin:
+        return replace(self, generation=self.generation + 1)
+
+    def same_message(self, source: str, message_id: str) -> bool:
+        return (self.source, self.message_id) == (source, message_id)
+
+    def run_key(self) -> str:
+        """Identifies one run of one instance: a key for its status event ids."""
+        return f"{self.source}\x1f{self.message_id}\x1f{self.generation}"
+
+
+def unwrap(data: Any) -> tuple[Origin | None, Any]:
+    """(origin or None, the user's input). Inputs from elsewhere pass unchanged."""
+    if isinstance(data, dict) and isinstance(data.get(ENVELOPE_KEY), dict):
+        meta = data[ENVELOPE_KEY]
+        origin = Origin(
+            str(meta.get("source", "")),
+            str(meta.get("message_id", "")),
+            int(meta.get("generation", 0)),
+        )
+        return origin, data.get("input")
+    return None, data
