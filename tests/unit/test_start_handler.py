@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import time
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -35,31 +32,6 @@ def handler(gateway: FakeGateway) -> StartHandler:
     return StartHandler(cast(WorkflowGateway, gateway), ALLOWED)
 
 
-@pytest.fixture
-def utc_local_time() -> Iterator[None]:
-    """Make the process's local time zone UTC for the test (naive datetimes are UTC)."""
-    with _local_timezone("UTC0"):
-        yield
-
-
-class _local_timezone:
-    def __init__(self, tz: str) -> None:
-        self._tz = tz
-        self._saved: str | None = None
-
-    def __enter__(self) -> None:
-        self._saved = os.environ.get("TZ")
-        os.environ["TZ"] = self._tz
-        time.tzset()
-
-    def __exit__(self, *_: object) -> None:
-        if self._saved is None:
-            os.environ.pop("TZ", None)
-        else:
-            os.environ["TZ"] = self._saved
-        time.tzset()
-
-
 def start_message(message_id: str = "msg-1", source: str = "tests", **body: Any) -> Inbound:
     return inbound(
         {"workflow": "approval_workflow", **body},
@@ -67,10 +39,6 @@ def start_message(message_id: str = "msg-1", source: str = "tests", **body: Any)
         message_id=message_id,
         source=source,
     )
-
-
-def _naive_utc(value: datetime) -> datetime:
-    return value.astimezone(UTC).replace(tzinfo=None)
 
 
 def test_derived_instance_id_is_stable_per_message() -> None:
