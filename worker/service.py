@@ -11,12 +11,13 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Mapping
 
 from dapr.clients import DaprClient
 from dapr.ext.grpc import App
 from dapr.ext.workflow import WorkflowRuntime
 
-from worker.app import build_app
+from worker.app import Subscriber, build_app
 from worker.config import Settings
 from worker.gateway import WorkflowGateway
 from worker.handlers.approval import ApprovalHandler
@@ -42,8 +43,13 @@ def _wait_for_port(port: int, deadline_seconds: float) -> None:
 
 
 class WorkerService:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        extra_subscriptions: Mapping[tuple[str, str], Subscriber] | None = None,
+    ) -> None:
         self.settings = settings
+        self._extra_subscriptions = extra_subscriptions
         self._ready = threading.Event()
         self._stopped = threading.Event()
         self._app: App | None = None
@@ -71,7 +77,9 @@ class WorkerService:
             s.approval_topic: ApprovalHandler(self._gateway),
             s.control_topic: ControlHandler(self._gateway),
         }
-        self._app = build_app(s, self._pipeline, handlers, self._ready.is_set)
+        self._app = build_app(
+            s, self._pipeline, handlers, self._ready.is_set, self._extra_subscriptions
+        )
         app = self._app
         self._server_thread = threading.Thread(
             target=app.run, args=(s.app_port,), name="grpc-app", daemon=True

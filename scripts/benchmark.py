@@ -1,0 +1,423 @@
+"""What the worker costs compared with calling Dapr directly, on the real stack.
+
+For each profile (embedded default, Redis), each N and each run, on a fresh stack:
+  direct    N starts through DaprWorkflowClient, CONCURRENCY at a time (the sidecar's limit)
+  worker    N start messages published to workflow.start, until every `started` event arrived
+  flow      N approvals for those instances, until every `completed` event arrived
+  pubsub    N messages to a no-op subscriber: the sidecar's own pub/sub round trip
+Reported: throughput, latency p50/p95/p99 (publish to event; for direct, the call), the
+worker's CPU time and peak RSS, and worker/direct measured in the same run. Medians over runs.
+
+  .venv/bin/python scripts/benchmark.py                    # full: N = 100, 1000, 5000; 3 runs
+  .venv/bin/python scripts/benchmark.py --smoke            # a quick check (CI runs this)
+Results: OUT/results.json, OUT/results.md, OUT/benchmark.png (default OUT: docs/benchmark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dapr.ext.workflow import DaprWorkflowClient
+
+from scripts import devstack
+
+CONCURRENCY = 16  # = the worker's default WORKER_MAX_CONCURRENCY
+APP_ID = "workflow-worker"
+
+
+def _order(instance_id: str) -> dict[str, Any]:
+    """An approval workflow that waits (for the flow phase) instead of completing."""
+    return {"order_id": instance_id, "amount": 5000, "approval_timeout_seconds": 3600}
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+    return {"p50_ms": at(0.50), "p95_ms": at(0.95), "p99_ms": at(0.99)}
+
+
+class Observations:
+    """Reads what the host's in-process observer appended to its file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.status: dict[tuple[str, str], float] = {}  # (event, correlation or instance) -> t
+        self.noop: dict[str, float] = {}
+
+    def poll(self) -> None:
+        with self.path.open() as f:
+            f.seek(self.offset)
+            chunk = f.read()
+            complete = chunk[: chunk.rfind("\n") + 1]
+            self.offset += len(complete.encode())
+        for line in complete.splitlines():
+            record = json.loads(line)
+            if record["kind"] == "noop":
+                self.noop.setdefault(record["id"], record["t"])
+            else:
+                key = record.get("cid") or record.get("instance") or ""
+                self.status.setdefault((record["event"], key), record["t"])
+
+    def wait(self, have: Callable[[], int], n: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.poll()
+            if have() >= n:
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"only {have()} of {n} arrived in {timeout:.0f}s")
+
+
+class Host:
+    """The worker process (with its observer) and its sidecar, on a fresh stack."""
+
+    def __init__(self, stack: devstack.Stack, profile: str) -> None:
+        self.stack = stack
+        self.observations = Observations(stack.workdir / "observations.jsonl")
+        self.observations.path.touch()
+        # The observer shares the worker's app-id: let it subscribe to the status topic, and
+        # the benchmark publish its no-op messages through the worker's sidecar.
+        stack.component_patches.update(
+            {
+                '"workflow-worker=workflow.start,workflow.approval,workflow.control"': '"workflow-worker=workflow.start,workflow.approval,workflow.control,'
+                'workflow.status,bench.noop"',
+                "workflow.status,workflow.deadletter;": "workflow.status,workflow.deadletter,"
+                "bench.noop;",
+            }
+        )
+        app_port = devstack.free_port()
+        self.sidecar = stack.start_sidecar(
+            APP_ID, stack.components(profile), app_port=app_port, cwd=stack.workdir
+        )
+        env = {
+            **self.sidecar.env,
+            "BENCH_OBSERVATIONS": str(self.observations.path),
+            "PYTHONPATH": str(devstack.PROJECT),
+            "PYTHONUNBUFFERED": "1",
+            "WORKER_LOG_LEVEL": "WARNING",
+        }
+        self.proc = stack._spawn(  # the same spawning as every other process of the stack
+            "bench-host",
+            [sys.executable, str(devstack.PROJECT / "scripts" / "bench_host.py")],
+            env=env,
+            cwd=devstack.PROJECT,
+        )
+        devstack.wait_until(
+            lambda: "worker ready" in self.proc.log.read_text(errors="replace"),
+            90,
+            "bench host",
+            self.proc.alive,
+        )
+        self.client = DaprWorkflowClient(host="127.0.0.1", port=str(self.sidecar.grpc_port))
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.popen.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def publish(self, topic: str, data: Any, message_id: str) -> float:
+        """Publish a CloudEvent through the worker's sidecar; returns the send time."""
+        body = json.dumps(
+            {
+                "specversion": "1.0",
+                "id": message_id,
+                "source": "benchmark",
+                "type": "bench",
+                "datacontenttype": "application/json",
+                "data": data,
+            }
+        ).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.sidecar.http_port}/v1.0/publish/pubsub/{topic}",
+            data=body,
+            headers={"Content-Type": "application/cloudevents+json"},
+            method="POST",
+        )
+        sent = time.time()
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 204
+        return sent
+
+
+def _parallel(items: Iterable[Any], fn: Callable[[Any], Any]) -> list[Any]:
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+        return list(pool.map(fn, items))
+
+
+def phase_direct(host: Host, n: int) -> dict[str, Any]:
+    def start(i: int) -> float:
+        began = time.perf_counter()
+        host.client.schedule_new_workflow(
+            "approval_workflow", input=_order(f"direct-{i}"), instance_id=f"direct-{i}"
+        )
+        return time.perf_counter() - began
+
+    cpu, began = host.cpu_seconds(), time.perf_counter()
+    latencies = _parallel(range(n), start)
+    wall = time.perf_counter() - began
+    return {
+        "throughput": n / wall,
+        **percentiles(latencies),
+        "worker_cpu_s": host.cpu_seconds() - cpu,
+    }
+
+
+def _through_worker(
+    host: Host,
+    topic: str,
+    bodies: list[tuple[str, Any]],
+    event: str,
+    key: Callable[[str, Any], str],
+    timeout: float,
+) -> dict[str, Any]:
+    obs = host.observations
+    cpu = host.cpu_seconds()
+    sent = dict(
+        zip(
+            [m for m, _ in bodies],
+            _parallel(bodies, lambda mb: host.publish(topic, mb[1], mb[0])),
+            strict=True,
+        )
+    )
+    keys = {m: key(m, b) for m, b in bodies}
+    obs.wait(lambda: sum((event, k) in obs.status for k in keys.values()), len(bodies), timeout)
+    arrived = {m: obs.status[(event, k)] for m, k in keys.items()}
+    latencies = [arrived[m] - sent[m] for m in sent]
+    wall = max(arrived.values()) - min(sent.values())
+    return {
+        "throughput": len(bodies) / wall,
+        **percentiles(latencies),
+        "worker_cpu_s": host.cpu_seconds() - cpu,
+    }
+
+
+def phase_worker(host: Host, n: int) -> tuple[dict[str, Any], list[str]]:
+    ids = [f"order-{i}" for i in range(n)]
+    bodies = [
+        (str(uuid.uuid4()), {"workflow": "approval_workflow", "instance_id": i, "input": _order(i)})
+        for i in ids
+    ]
+    result = _through_worker(
+        host, "workflow.start", bodies, "started", lambda m, _b: m, timeout=60 + n * 0.2
+    )
+    return result, ids
+
+
+def phase_flow(host: Host, ids: list[str]) -> dict[str, Any]:
+    bodies = [(str(uuid.uuid4()), {"instance_id": i, "data": True}) for i in ids]
+    return _through_worker(
+        host,
+        "workflow.approval",
+        bodies,
+        "completed",
+        lambda _m, b: b["instance_id"],
+        timeout=60 + len(ids) * 0.3,
+    )
+
+
+def phase_pubsub(host: Host, n: int) -> dict[str, Any]:
+    obs = host.observations
+    ids = [str(uuid.uuid4()) for _ in range(n)]
+    sent = dict(
+        zip(ids, _parallel(ids, lambda m: host.publish("bench.noop", {"n": m}, m)), strict=True)
+    )
+    obs.wait(lambda: sum(m in obs.noop for m in ids), n, 60 + n * 0.1)
+    latencies = [obs.noop[m] - sent[m] for m in ids]
+    wall = max(obs.noop[m] for m in ids) - min(sent.values())
+    return {"throughput": n / wall, **percentiles(latencies)}
+
+
+def one_run(profile: str, n: int, workdir: Path) -> dict[str, Any]:
+    with devstack.Stack(workdir) as stack:
+        stack.start_placement()
+        stack.start_scheduler()
+        if profile == "redis":
+            stack.start_redis()
+        host = Host(stack, profile)
+        try:
+            direct = phase_direct(host, n)
+            worker, ids = phase_worker(host, n)
+            flow = phase_flow(host, ids)
+            pubsub = phase_pubsub(host, n)
+            return {
+                "profile": profile,
+                "n": n,
+                "direct": direct,
+                "worker": worker,
+                "flow": flow,
+                "pubsub": pubsub,
+                "peak_rss_mb": host.peak_rss_mb(),
+                "ratio": worker["throughput"] / direct["throughput"],
+                "added_p99_ms": worker["p99_ms"] - direct["p99_ms"],
+            }
+        except Exception:
+            print(stack.failed_logs(), file=sys.stderr)
+            raise
+        finally:
+            host.client.close()
+
+
+def median_of(runs: list[dict[str, Any]], *path: str) -> float:
+    values = []
+    for run in runs:
+        value: Any = run
+        for part in path:
+            value = value[part]
+        values.append(float(value))
+    return statistics.median(values)
+
+
+def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for profile in dict.fromkeys(r["profile"] for r in results):
+        for n in dict.fromkeys(r["n"] for r in results if r["profile"] == profile):
+            runs = [r for r in results if (r["profile"], r["n"]) == (profile, n)]
+            row: dict[str, Any] = {"profile": profile, "n": n, "runs": len(runs)}
+            for phase in ("direct", "worker", "flow", "pubsub"):
+                for metric in ("throughput", "p50_ms", "p95_ms", "p99_ms"):
+                    row[f"{phase}_{metric}"] = median_of(runs, phase, metric)
+            for extra in ("ratio", "added_p99_ms", "peak_rss_mb"):
+                row[extra] = median_of(runs, extra)
+            row["worker_cpu_s"] = median_of(runs, "worker", "worker_cpu_s")
+            rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]], machine: str, command: str) -> str:
+    lines = [
+        f"Machine: {machine}. Command: `{command}`. Medians of the runs; latencies in ms "
+        "(worker and flow: publish to event; direct: the call).",
+        "",
+        "| profile | N | direct starts/s | worker starts/s | **worker/direct** | "
+        "worker p50/p95/p99 | direct p99 | **added p99** | flow/s (p99) | "
+        "pub/sub msgs/s (p99) | worker CPU s | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['profile']} | {r['n']} | {r['direct_throughput']:.0f} | "
+            f"{r['worker_throughput']:.0f} | **{r['ratio']:.2f}** | "
+            f"{r['worker_p50_ms']:.0f}/{r['worker_p95_ms']:.0f}/{r['worker_p99_ms']:.0f} | "
+            f"{r['direct_p99_ms']:.0f} | **{r['added_p99_ms']:.0f}** | "
+            f"{r['flow_throughput']:.0f} ({r['flow_p99_ms']:.0f}) | "
+            f"{r['pubsub_throughput']:.0f} ({r['pubsub_p99_ms']:.0f}) | "
+            f"{r['worker_cpu_s']:.1f} | {r['peak_rss_mb']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for profile in dict.fromkeys(r["profile"] for r in rows):
+        mine = [r for r in rows if r["profile"] == profile]
+        ns = [r["n"] for r in mine]
+        for phase, style in (("direct", "--"), ("worker", "-"), ("pubsub", ":")):
+            left.plot(
+                ns,
+                [r[f"{phase}_throughput"] for r in mine],
+                style,
+                marker="o",
+                label=f"{profile}: {phase}",
+            )
+            if phase != "pubsub":
+                right.plot(
+                    ns,
+                    [r[f"{phase}_p99_ms"] for r in mine],
+                    style,
+                    marker="o",
+                    label=f"{profile}: {phase} p99",
+                )
+    for axis, title, unit in ((left, "Throughput", "per second"), (right, "Latency (p99)", "ms")):
+        axis.set_xscale("log")
+        axis.set_xlabel("N (messages or calls)")
+        axis.set_ylabel(unit)
+        axis.set_title(title)
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--profiles", nargs="+", default=["default", "redis"], choices=["default", "redis"]
+    )
+    parser.add_argument("--n", nargs="+", type=int, default=[100, 1000, 5000])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="N=20, 1 run, both profiles")
+    parser.add_argument("--out", type=Path, default=devstack.PROJECT / "docs" / "benchmark")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.n, args.runs = [20], 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    command = "python scripts/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    machine = (
+        f"{os.cpu_count()} cores, "
+        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
+        f"{platform.system()} {platform.machine()}, Python {platform.python_version()}"
+    )
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        for profile in args.profiles:
+            for n in args.n:
+                for run in range(args.runs):
+                    started = time.monotonic()
+                    result = one_run(profile, n, Path(tmp) / f"{profile}-{n}-{run}")
+                    results.append(result)
+                    print(
+                        f"{profile:8} N={n:<5} run {run + 1}: worker/direct "
+                        f"{result['ratio']:.2f}, worker {result['worker']['throughput']:.0f}/s"
+                        f" p99 {result['worker']['p99_ms']:.0f} ms, direct "
+                        f"{result['direct']['throughput']:.0f}/s, "
+                        f"({time.monotonic() - started:.0f}s)",
+                        flush=True,
+                    )
+    rows = summarise(results)
+    (args.out / "results.json").write_text(
+        json.dumps(
+            {"machine": machine, "command": command, "runs": results, "medians": rows}, indent=1
+        )
+    )
+    table = markdown(rows, machine, command)
+    (args.out / "results.md").write_text(table)
+    plot(rows, args.out / "benchmark.png")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    threading.excepthook = lambda info: None  # quiet pool threads at interpreter exit
+    sys.exit(main())
