@@ -97,12 +97,11 @@ class Host:
         self.observations.path.touch()
         # The observer shares the worker's app-id: let it subscribe to the status topic, and
         # the benchmark publish its no-op messages through the worker's sidecar.
+        grant = "workflow-worker=workflow.start,workflow.approval,workflow.control"
         stack.component_patches.update(
             {
-                '"workflow-worker=workflow.start,workflow.approval,workflow.control"': '"workflow-worker=workflow.start,workflow.approval,workflow.control,'
-                'workflow.status,bench.noop"',
-                "workflow.status,workflow.deadletter;": "workflow.status,workflow.deadletter,"
-                "bench.noop;",
+                f'"{grant}"': f'"{grant},workflow.status,bench.noop"',
+                "workflow.status,workflow.deadletter;": "workflow.status,workflow.deadletter,bench.noop;",
             }
         )
         app_port = devstack.free_port()
