@@ -101,7 +101,7 @@ class Host:
         stack.component_patches.update(
             {
                 f'"{grant}"': f'"{grant},workflow.status,bench.noop"',
-                "workflow.status,workflow.deadletter;": "workflow.status,workflow.deadletter,bench.noop;",
+                "workflow.deadletter;": "workflow.deadletter,bench.noop;",
             }
         )
         app_port = devstack.free_port()
