@@ -37,7 +37,7 @@ from dapr.ext.workflow import DaprWorkflowClient
 
 from scripts import devstack
 
-CONCURRENCY = 16  # = the worker's default WORKER_MAX_CONCURRENCY
+CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "16"))  # = WORKER_MAX_CONCURRENCY
 APP_ID = "workflow-worker"
 
 

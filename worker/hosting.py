@@ -1,11 +1,11 @@
 """Hosts workflows in this app-id, and reports the changes they make themselves.
 
 Every workflow registered here (the built-in samples and any a user registers) is wrapped so
-that it reports, through the activity ``worker_report_status``, when it starts (if a message
-started it), completes or fails. Reporting from inside the workflow keeps one instance's events
-in order (``started`` comes before anything the workflow does), and because the report is a
-workflow activity, the engine retries it after a crash or SIGKILL of the worker: every change
-is reported at least once, under a stable CloudEvent id.
+that it reports, through the activity ``worker_report_status``, when it completes or fails
+(and when a delayed start begins). Because the report is a workflow activity, the engine
+retries it after a crash or SIGKILL of the worker: every change is reported at least once,
+under a stable CloudEvent id. A completion report waits until the `started` of its start
+message is out, so one instance's events stay in order.
 
 A user module is any importable module with a ``register(registry)`` function; name it in
 ``WORKER_WORKFLOW_MODULES`` (see README, "Your own workflows").
@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import time
 from collections.abc import Callable, Generator, Iterable
 from datetime import timedelta
 from typing import Any
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 REPORT_ACTIVITY = "worker_report_status"
 # Keep retrying the report for about an hour while the broker or sidecar is down.
 _REPORT_RETRY = RetryPolicy(
-    first_retry_interval=timedelta(seconds=1),
+    first_retry_interval=timedelta(milliseconds=200),
     max_number_of_attempts=80,
     backoff_coefficient=2.0,
     max_retry_interval=timedelta(seconds=60),
@@ -65,7 +66,14 @@ class _TrackingContext:
         return getattr(self._ctx, name)
 
 
-def _report(ctx: DaprWorkflowContext, workflow: str, run: str, **fields: Any) -> Any:
+def _report(
+    ctx: DaprWorkflowContext,
+    workflow: str,
+    run: str,
+    after: Origin | None = None,
+    **fields: Any,
+) -> Any:
+    """Schedule the report activity. ``after``: the start message whose `started` goes first."""
     event = StatusEvent(
         instance_id=ctx.instance_id,
         workflow=workflow,
@@ -73,11 +81,10 @@ def _report(ctx: DaprWorkflowContext, workflow: str, run: str, **fields: Any) ->
         **fields,
     )
     event_id = stable_event_id(ctx.instance_id, run, event.event.value)
-    return ctx.call_activity(
-        REPORT_ACTIVITY,
-        input=Outbound(event_id, event).to_record(),
-        retry_policy=_REPORT_RETRY,
-    )
+    record = Outbound(event_id, event).to_record()
+    if after is not None:
+        record["after"] = {"source": after.source, "message_id": after.message_id}
+    return ctx.call_activity(REPORT_ACTIVITY, input=record, retry_policy=_REPORT_RETRY)
 
 
 def reporting(fn: Callable[..., Any], name: str) -> Callable[..., Generator[Any, Any, Any]]:
@@ -89,7 +96,7 @@ def reporting(fn: Callable[..., Any], name: str) -> Callable[..., Generator[Any,
         origin, data = unwrap(data)
         # Event ids of this run: from the message that started it, else from its start time.
         run = origin.run_key() if origin is not None else started
-        if origin is not None and origin.generation == 0:
+        if origin is not None and origin.generation == 0 and origin.report_start:
             try:
                 yield _report(
                     ctx,
@@ -114,6 +121,7 @@ def reporting(fn: Callable[..., Any], name: str) -> Callable[..., Generator[Any,
                     ctx,
                     name,
                     run,
+                    after=origin,
                     event=EventType.FAILED,
                     status="FAILED",
                     previous_status="RUNNING",
@@ -129,6 +137,7 @@ def reporting(fn: Callable[..., Any], name: str) -> Callable[..., Generator[Any,
                     ctx,
                     name,
                     run,
+                    after=origin,
                     event=EventType.COMPLETED,
                     status="COMPLETED",
                     previous_status="RUNNING",
@@ -164,15 +173,39 @@ class WorkflowRegistry:
         self._runtime.register_activity(fn, name=name)
 
 
+_START_WAIT_SECONDS = 2.0
+
+
+class StartNotReportedYet(Exception):
+    """A workflow finished before its `started` event was out: the report is retried."""
+
+
 def build_runtime(
-    publisher: StatusPublisher, user_modules: Iterable[str], sdk_log_level: str = "WARNING"
+    publisher: StatusPublisher,
+    user_modules: Iterable[str],
+    sdk_log_level: str = "WARNING",
+    start_handled: Callable[[str, str], bool | None] | None = None,
 ) -> tuple[WorkflowRuntime, WorkflowRegistry]:
-    """A runtime with the report activity, the sample workflows and the user's modules."""
+    """A runtime with the report activity, the sample workflows and the user's modules.
+
+    ``start_handled(source, message_id)``: whether that start message was handled (its
+    `started` published); a completion report waits for it, so one instance's events stay in
+    order.
+    """
     from worker import workflows
 
     runtime = WorkflowRuntime(logger_options=LoggerOptions(log_level=sdk_log_level.upper()))
 
     def report_status(ctx: WorkflowActivityContext, record: dict[str, Any]) -> None:
+        after: dict[str, str] | None = record.get("after")
+        if after is not None and start_handled is not None:
+            # The start message may still be in its handler, its `started` about to go out:
+            # wait a little, then let the engine retry the report (durably) if need be.
+            deadline = time.monotonic() + _START_WAIT_SECONDS
+            while start_handled(after["source"], after["message_id"]) is False:
+                if time.monotonic() > deadline:
+                    raise StartNotReportedYet(f"`started` of {after['message_id']} not out yet")
+                time.sleep(0.02)
         publisher.publish(Outbound.from_record(record))
 
     runtime.register_activity(report_status, name=REPORT_ACTIVITY)

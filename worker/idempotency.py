@@ -54,6 +54,7 @@ class Claim:
     key: str
     previous_claimed_at: float | None = None
     events: list[Outbound] = field(default_factory=list)
+    published: bool = True  # DONE: whether its events went out (False: publish failed)
 
 
 def message_key(topic: str, source: str, message_id: str) -> str:
@@ -94,8 +95,9 @@ class IdempotencyStore:
             conflict = error  # most likely: the claim exists; find out below
         done = self._get(self._done_key(key))
         if done is not None:
-            events = [Outbound.from_record(r) for r in json.loads(done[0])["events"]]
-            return Claim(Begin.DONE, key, events=events)
+            record = json.loads(done[0])
+            events = [Outbound.from_record(r) for r in record["events"]]
+            return Claim(Begin.DONE, key, events=events, published=record.get("published", True))
         existing = self._get(self._claim_key(key))
         if existing is None:
             raise Transient(f"could not claim message {key}: {conflict}") from conflict
@@ -119,15 +121,25 @@ class IdempotencyStore:
         )
         return Claim(Begin.TAKEN_OVER, key, previous_claimed_at=claimed_at)
 
-    def finish(self, key: str, events: list[Outbound]) -> None:
-        """Record that ``key`` was handled, with the events that report it."""
-        record = json.dumps({"events": [e.to_record() for e in events]})
+    def finish(self, key: str, events: list[Outbound], *, published: bool = True) -> None:
+        """Record that ``key`` was handled, with the events that report it and whether they
+        were published (a redelivery republishes them either way)."""
+        record = json.dumps({"events": [e.to_record() for e in events], "published": published})
         try:
             self._client.save_state(
                 self._store, self._done_key(key), record, state_metadata=self._ttl
             )
         except grpc.RpcError as error:
             raise Transient(f"record message {key} as handled: {error}") from error
+
+    def handled(self, key: str) -> bool | None:
+        """True when ``key`` was handled and its events published; False while it is being
+        handled or its events are not out yet; None when nothing is known (never seen, or
+        forgotten after the TTL)."""
+        done = self._get(self._done_key(key))
+        if done is not None:
+            return bool(json.loads(done[0]).get("published", True))
+        return False if self._get(self._claim_key(key)) is not None else None
 
     def release(self, key: str) -> None:
         """Give the claim back after a transient failure, so the redelivery can go ahead."""

@@ -20,9 +20,15 @@ class Origin:
     source: str
     message_id: str
     generation: int = 0  # continue-as-new generations of the same run
+    report_start: bool = False  # a delayed start: the workflow reports `started` itself
 
     def wrap(self, data: Any) -> dict[str, Any]:
-        meta = {"source": self.source, "message_id": self.message_id, "generation": self.generation}
+        meta = {
+            "source": self.source,
+            "message_id": self.message_id,
+            "generation": self.generation,
+            "report_start": self.report_start,
+        }
         return {ENVELOPE_KEY: meta, "input": data}
 
     def next_generation(self) -> Origin:
@@ -44,6 +50,7 @@ def unwrap(data: Any) -> tuple[Origin | None, Any]:
             str(meta.get("source", "")),
             str(meta.get("message_id", "")),
             int(meta.get("generation", 0)),
+            bool(meta.get("report_start", False)),
         )
         return origin, data.get("input")
     return None, data

@@ -25,7 +25,7 @@ from worker.handlers.control import ControlHandler
 from worker.handlers.pipeline import Pipeline, TopicHandler
 from worker.handlers.start import StartHandler
 from worker.hosting import build_runtime
-from worker.idempotency import IdempotencyStore
+from worker.idempotency import IdempotencyStore, message_key
 from worker.publisher import StatusPublisher
 
 log = logging.getLogger(__name__)
@@ -64,13 +64,19 @@ class WorkerService:
         self._gateway = WorkflowGateway(s.call_timeout_seconds, sdk_log_level=s.sdk_log_level)
         self._dapr = DaprClient()  # waits (bounded) for the sidecar to be up
         publisher = StatusPublisher(self._dapr, s)
-        runtime, registry = build_runtime(publisher, s.workflow_modules, s.sdk_log_level)
-        allowed = registry.workflow_names
-        if s.allowed_workflows is not None:
-            allowed = s.allowed_workflows
         store = IdempotencyStore(
             self._dapr, s.state_store, s.idempotency_ttl_seconds, s.claim_lease_seconds
         )
+
+        def start_handled(source: str, message_id: str) -> bool | None:
+            return store.handled(message_key(s.start_topic, source, message_id))
+
+        runtime, registry = build_runtime(
+            publisher, s.workflow_modules, s.sdk_log_level, start_handled
+        )
+        allowed = registry.workflow_names
+        if s.allowed_workflows is not None:
+            allowed = s.allowed_workflows
         self._pipeline = Pipeline(store, publisher, s.max_transient_attempts, s.max_message_bytes)
         handlers: dict[str, TopicHandler] = {
             s.start_topic: StartHandler(self._gateway, allowed),

@@ -88,7 +88,11 @@ def wait_exactly_once(
         if not missing:
             break
         time.sleep(0.5)
-    assert not missing, f"{len(missing)} instances lack {events}, e.g. {missing[:5]}"
+    summary = observer.by_instance(topic)
+    assert not missing, (
+        f"{len(missing)} instances lack some of {events}: "
+        f"{ {i: sorted(summary.get(i, {})) for i in missing[:5]} }"
+    )
     summary = observer.by_instance(topic)
     doubled = {
         i: {e: len(ids) for e, ids in summary[i].items() if len(ids) > 1} for i in instance_ids

@@ -96,7 +96,7 @@ def test_completion_is_reported_after_the_workflow_returns() -> None:
     assert _finish(gen) == 5
 
 
-def test_started_is_reported_first_when_a_message_started_it() -> None:
+def test_a_delayed_start_reports_started_first() -> None:
     ctx = FakeContext()
     seen: list[Any] = []
 
@@ -105,7 +105,7 @@ def test_started_is_reported_first_when_a_message_started_it() -> None:
         yield ctx.call_activity("work", input=data)
         return "ok"
 
-    gen = run(workflow, ctx, data=Origin("ops", "msg-42").wrap({"order": 7}))
+    gen = run(workflow, ctx, data=Origin("ops", "msg-42", report_start=True).wrap({"order": 7}))
     started = _report_of(next(gen))
     assert started.event.event.value == "started"
     assert started.event.status == "RUNNING"
@@ -142,7 +142,7 @@ def test_event_ids_follow_the_message_not_the_clock() -> None:
     def workflow(ctx: Any, data: Any) -> str:
         return "ok"
 
-    data = Origin("ops", "msg-1").wrap(None)
+    data = Origin("ops", "msg-1", report_start=True).wrap(None)
     first, second = FakeContext(), FakeContext()
     second.current_utc_datetime = datetime(2030, 1, 1, tzinfo=UTC)
     ids = []
@@ -160,13 +160,13 @@ def test_continue_as_new_keeps_the_origin_and_reports_started_once() -> None:
     def workflow(ctx: Any, n: Any) -> None:
         ctx.continue_as_new(n + 1)
 
-    gen = run(workflow, ctx, data=Origin("ops", "msg-1").wrap(1))
+    gen = run(workflow, ctx, data=Origin("ops", "msg-1", report_start=True).wrap(1))
     assert _report_of(next(gen)).event.event.value == "started"
     with pytest.raises(StopIteration):
         gen.send(None)
     ((new_input, _),) = ctx.continued
     origin, data = unwrap(new_input)
-    assert (origin, data) == (Origin("ops", "msg-1", 1), 2)
+    assert (origin, data) == (Origin("ops", "msg-1", 1, report_start=True), 2)
     gen = run(workflow, FakeContext(), data=new_input)
     with pytest.raises(StopIteration):
         next(gen)  # generation 1: no second `started`, and no `completed` either
@@ -311,3 +311,27 @@ def test_registry_wraps_workflows_and_refuses_duplicates() -> None:
     assert runtime.workflows[0][0] is not my_workflow  # wrapped
     with pytest.raises(ValueError, match="registered twice"):
         registry.workflow(my_workflow)
+
+
+def test_an_immediate_start_reports_only_its_end_and_names_its_start_message() -> None:
+    """The handler published `started`; the completion report must wait for it."""
+
+    def workflow(ctx: Any, data: Any) -> str:
+        return f"done {data}"
+
+    ctx = FakeContext()
+    gen = run(workflow, ctx, data=Origin("ops", "msg-9").wrap(3))
+    completed = next(gen)
+    assert completed.name == REPORT_ACTIVITY
+    assert completed.payload["event"]["event"] == "completed"
+    assert completed.payload["after"] == {"source": "ops", "message_id": "msg-9"}
+    assert _finish(gen) == "done 3"
+
+
+def test_a_workflow_started_elsewhere_reports_without_waiting() -> None:
+    def workflow(ctx: Any, data: Any) -> str:
+        return "x"
+
+    gen = run(workflow, FakeContext(), data={"plain": "input"})
+    completed = next(gen)
+    assert "after" not in completed.payload

@@ -226,3 +226,24 @@ def test_finish_writes_done_record_without_first_write(
     assert done.key == "wfw|done|k1"
     assert done.options is None or done.options.concurrency != Concurrency.first_write
     assert len(json.loads(client.items["wfw|done|k1"][0])["events"]) == 2
+
+
+def test_handled_tells_unknown_in_progress_unpublished_and_done(store: IdempotencyStore) -> None:
+    assert store.handled("m") is None  # never seen (or forgotten after the TTL)
+    store.begin("m")
+    assert store.handled("m") is False  # claimed, being handled
+    store.finish("m", _events(), published=False)
+    assert store.handled("m") is False  # recorded, but its events are not out yet
+    store.finish("m", _events())
+    assert store.handled("m") is True
+
+
+def test_a_record_whose_events_failed_to_publish_is_done_but_unpublished(
+    store: IdempotencyStore,
+) -> None:
+    store.begin("m")
+    store.finish("m", _events(), published=False)
+    again = store.begin("m")
+    assert again.outcome is Begin.DONE
+    assert again.published is False
+    assert [e.event_id for e in again.events] == [e.event_id for e in _events()]

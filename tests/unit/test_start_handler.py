@@ -72,8 +72,11 @@ def test_starts_under_the_derived_id(handler: StartHandler, gateway: FakeGateway
             None,
         ),
     ]
-    # An immediate start is reported (`started`) by the workflow itself, not here.
-    assert events == []
+    # An immediate start is reported here; the workflow's completion report waits for it.
+    [started] = events
+    assert (started.event.event, started.event.status) == (EventType.STARTED, "RUNNING")
+    assert started.event.correlation_id == "msg-1"
+    assert started.event.instance_id == expected_id
 
 
 def test_start_input_carries_the_message_id_for_the_workflow(
@@ -164,7 +167,8 @@ def test_finished_instance_with_replace_is_started_again(
     handler: StartHandler, gateway: FakeGateway, status: str
 ) -> None:
     gateway.states["order-1"] = state("order-1", status)
-    assert handler.handle(start_message(instance_id="order-1", replace=True), NEW) == []
+    events = handler.handle(start_message(instance_id="order-1", replace=True), NEW)
+    assert [e.event.event for e in events] == [EventType.STARTED]
     assert gateway.mutations() == [
         ("start", "approval_workflow", "order-1", Origin("tests", "msg-1").wrap(None), None)
     ]
@@ -176,7 +180,13 @@ def test_future_start_at_is_scheduled(handler: StartHandler, gateway: FakeGatewa
         start_message(instance_id="order-1", start_at=start_at.isoformat()), NEW
     )
     assert gateway.mutations() == [
-        ("start", "approval_workflow", "order-1", Origin("tests", "msg-1").wrap(None), start_at)
+        (
+            "start",
+            "approval_workflow",
+            "order-1",
+            Origin("tests", "msg-1", report_start=True).wrap(None),
+            start_at,
+        )
     ]
     event = outbound.event
     assert event.event is EventType.SCHEDULED
@@ -190,7 +200,7 @@ def test_past_start_at_is_an_immediate_start(handler: StartHandler, gateway: Fak
     events = handler.handle(
         start_message(instance_id="order-1", start_at="2020-01-01T00:00:00Z"), NEW
     )
-    assert events == []  # no `scheduled`: the workflow reports `started` itself
+    assert [e.event.event for e in events] == [EventType.STARTED]  # no `scheduled`
     assert len(_started(gateway)) == 1
 
 
@@ -201,7 +211,11 @@ def test_an_instance_this_message_started_is_recognised_not_rejected(
     gateway.states["order-1"] = replace(
         state("order-1", "COMPLETED"), origin=Origin("tests", "msg-1")
     )
-    assert handler.handle(start_message(instance_id="order-1"), NEW) == []
+    events = handler.handle(start_message(instance_id="order-1"), NEW)
+    assert [e.event.event for e in events] == [EventType.STARTED]  # reported again, same id
+    assert (
+        events[0].event_id == handler.handle(start_message(instance_id="order-1"), NEW)[0].event_id
+    )
     assert gateway.mutations() == []  # not started twice, and not rejected
 
 
@@ -215,3 +229,35 @@ def test_an_instance_another_message_started_is_rejected(
     with pytest.raises(Rejected, match="already exists"):
         handler.handle(start_message(instance_id="order-1"), NEW)
     assert gateway.mutations() == []
+
+
+class _RefusingGateway(FakeGateway):
+    """Creates the instance, then answers ALREADY_EXISTS (a sidecar retry in a fail-over)."""
+
+    def start(self, workflow: str, instance_id: str, data: Any, start_at: Any) -> None:
+        super().start(workflow, instance_id, data, start_at)
+        origin, _ = unwrap(data)
+        self.states[instance_id] = replace(state(instance_id, "RUNNING"), origin=origin)
+        raise Rejected(f"start {workflow} as {instance_id}: instance already exists")
+
+
+def test_a_refused_start_that_in_fact_created_the_instance_is_a_success() -> None:
+    gateway = _RefusingGateway()
+    handler = StartHandler(cast(WorkflowGateway, gateway), ALLOWED)
+    events = handler.handle(start_message(instance_id="order-1"), NEW)
+    assert [e.event.event for e in events] == [EventType.STARTED]
+
+
+def test_a_refused_start_of_someone_elses_instance_stays_rejected() -> None:
+    gateway = _RefusingGateway()
+    handler = StartHandler(cast(WorkflowGateway, gateway), ALLOWED)
+
+    def other_message_wins(workflow: str, instance_id: str, data: Any, start_at: Any) -> None:
+        gateway.states[instance_id] = replace(
+            state(instance_id, "RUNNING"), origin=Origin("tests", "msg-other")
+        )
+        raise Rejected("instance already exists")
+
+    gateway.start = other_message_wins  # type: ignore[method-assign]
+    with pytest.raises(Rejected, match="already exists"):
+        handler.handle(start_message(instance_id="order-1"), NEW)

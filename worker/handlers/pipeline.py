@@ -1,7 +1,7 @@
 """The straight line every message takes, whatever its topic.
 
 CloudEvent in -> claim (idempotency) -> topic handler (validation, one sidecar call) ->
-record -> status events out -> success, retry or drop.
+status events out -> record -> success, retry or drop.
 """
 
 from __future__ import annotations
@@ -121,6 +121,8 @@ class Pipeline:
                     len(claim.events),
                 )
                 self._publisher.publish_all(claim.events)
+                if not claim.published:
+                    self._store.finish(key, claim.events)
                 return TopicEventResponse("success")
             if claim.outcome is Begin.BUSY:
                 log.info("%s is being handled by another delivery: retry later", message.describe())
@@ -161,10 +163,21 @@ class Pipeline:
             events, status = [rejection(message, reason)], "drop"
 
         try:
-            self._store.finish(key, events)
+            # Publish, then record: a done record then means "its events are out" (a
+            # workflow's completion report waits for its `started`). If publishing fails, the
+            # outcome is still recorded, so the redelivery only republishes.
             self._publisher.publish_all(events)
         except Transient as error:
             log.warning("retry %s: %s", message.describe(), error)
+            try:
+                self._store.finish(key, events, published=False)
+            except Transient:
+                log.warning("could not record %s either; its claim expires by lease", key)
+            return TopicEventResponse("retry")
+        try:
+            self._store.finish(key, events)
+        except Transient as error:
+            log.warning("retry %s (events published): %s", message.describe(), error)
             return TopicEventResponse("retry")
         self._forget_attempts(key)
         self._audit(message, events, status)

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Collection
 
 from worker.events import EventType, now
-from worker.gateway import WorkflowGateway
+from worker.gateway import InstanceState, WorkflowGateway
 from worker.handlers.inbound import Inbound, parse
 from worker.handlers.report import report
 from worker.idempotency import Claim
@@ -39,9 +39,7 @@ class StartHandler:
         instance_id = request.instance_id or derived_instance_id(request.workflow, message)
         existing = self._gateway.get_state(instance_id, payloads=True)
         if existing is not None:
-            if existing.origin is not None and existing.origin.same_message(
-                message.source, message.message_id
-            ):  # this message started it already: an earlier delivery's outcome was lost
+            if self._started_by(existing, message):  # an earlier delivery's answer was lost
                 return self._reports(message, request, instance_id)
             if not existing.is_terminal:
                 raise Rejected(
@@ -58,21 +56,42 @@ class StartHandler:
                     instance_id=instance_id,
                     workflow=request.workflow,
                 )
-        data = Origin(message.source, message.message_id).wrap(request.input)
-        self._gateway.start(request.workflow, instance_id, data, request.start_at)
+        origin = Origin(message.source, message.message_id, report_start=self._delayed(request))
+        try:
+            self._gateway.start(
+                request.workflow, instance_id, origin.wrap(request.input), request.start_at
+            )
+        except Rejected:
+            # The sidecar may refuse a start it has in fact just done (ALREADY_EXISTS from its
+            # own retry during a fail-over), or a duplicate may have won the race: look again.
+            if not self._started_by(self._gateway.get_state(instance_id, payloads=True), message):
+                raise
         return self._reports(message, request, instance_id)
 
     @staticmethod
-    def _reports(message: Inbound, request: StartWorkflow, instance_id: str) -> list[Outbound]:
-        """`scheduled` for a delayed start; `started` is reported by the workflow itself."""
-        if request.start_at is None or request.start_at <= now():
-            return []
+    def _started_by(state: InstanceState | None, message: Inbound) -> bool:
+        """Whether ``state`` is of the instance this very message started."""
+        return (
+            state is not None
+            and state.origin is not None
+            and state.origin.same_message(message.source, message.message_id)
+        )
+
+    @staticmethod
+    def _delayed(request: StartWorkflow) -> bool:
+        return request.start_at is not None and request.start_at > now()
+
+    def _reports(
+        self, message: Inbound, request: StartWorkflow, instance_id: str
+    ) -> list[Outbound]:
+        """`started`, or `scheduled` for a delayed start (whose workflow reports `started`)."""
+        delayed = self._delayed(request)
         return [
             report(
                 message,
-                EventType.SCHEDULED,
+                EventType.SCHEDULED if delayed else EventType.STARTED,
                 instance_id,
                 workflow=request.workflow,
-                status="PENDING",
+                status="PENDING" if delayed else "RUNNING",
             )
         ]
