@@ -110,6 +110,20 @@ def reporting(fn: Callable[..., Any], name: str) -> Callable[..., Generator[Any,
             except Exception:
                 log.exception("could not report start of %s", ctx.instance_id)
         tracked = _TrackingContext(ctx, origin)
+
+        def ending(event: EventType, **fields: Any) -> Any:
+            return _report(
+                ctx,
+                name,
+                run,
+                after=origin,
+                event=event,
+                status=event.name,
+                previous_status="RUNNING",
+                created_at=started,
+                **fields,
+            )
+
         try:
             result = fn(tracked, data) if takes_input else fn(tracked)
             if inspect.isgenerator(result):
@@ -117,33 +131,13 @@ def reporting(fn: Callable[..., Any], name: str) -> Callable[..., Generator[Any,
         except Exception as error:
             failure = FailureInfo(message=str(error), type=type(error).__name__)
             try:
-                yield _report(
-                    ctx,
-                    name,
-                    run,
-                    after=origin,
-                    event=EventType.FAILED,
-                    status="FAILED",
-                    previous_status="RUNNING",
-                    failure=failure,
-                    created_at=started,
-                )
+                yield ending(EventType.FAILED, failure=failure)
             except Exception:
                 log.exception("could not report failure of %s", ctx.instance_id)
             raise
         if not tracked.continued_as_new:
             try:
-                yield _report(
-                    ctx,
-                    name,
-                    run,
-                    after=origin,
-                    event=EventType.COMPLETED,
-                    status="COMPLETED",
-                    previous_status="RUNNING",
-                    output=result,
-                    created_at=started,
-                )
+                yield ending(EventType.COMPLETED, output=result)
             except Exception:
                 log.exception("could not report completion of %s", ctx.instance_id)
         return result

@@ -165,6 +165,11 @@ class Worker:
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
 
+    def stop(self) -> None:
+        self.client.close()
+        self.proc.stop()
+        self.sidecar.proc.stop()
+
     def wait_status(self, instance_id: str, statuses: set[str], timeout: float = 60) -> Any:
         deadline = time.monotonic() + timeout
         state = None

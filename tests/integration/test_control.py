@@ -190,9 +190,7 @@ def purge_worker(stack: devstack.Stack, observer: Observer) -> Iterator[Worker]:
     """A worker of its own (own app-id and topics), so bulk purges see only this test's work."""
     running = start_worker(stack, "purge-worker", topic_prefix="purge.")
     yield running
-    running.client.close()
-    running.proc.stop()
-    running.sidecar.proc.stop()
+    running.stop()
 
 
 def test_bulk_purge_by_status_and_by_age(purge_worker: Worker, observer: Observer) -> None:

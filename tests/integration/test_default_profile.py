@@ -17,9 +17,7 @@ from tests.integration.conftest import Worker, start_worker, unique
 def default_worker(stack: devstack.Stack) -> Iterator[Worker]:
     running = start_worker(stack, "default-worker", profile="default")
     yield running
-    running.client.close()
-    running.proc.stop()
-    running.sidecar.proc.stop()
+    running.stop()
 
 
 def _publish(worker: Worker, topic: str, body: dict[str, object]) -> None:

@@ -110,9 +110,7 @@ def replicas(stack: devstack.Stack, observer: Observer) -> Iterator[list[Worker]
     ]
     yield pair
     for replica in pair:
-        replica.client.close()
-        replica.proc.stop()
-        replica.sidecar.proc.stop()
+        replica.stop()
 
 
 def _handled(worker: Worker) -> int:
@@ -390,9 +388,7 @@ def test_redelivery_storm_ends_as_if_delivered_once(worker: Worker, observer: Ob
 def term_worker(stack: devstack.Stack, observer: Observer) -> Iterator[Worker]:
     running = start_worker(stack, "term-worker", topic_prefix="term.")
     yield running
-    running.client.close()
-    running.proc.stop()
-    running.sidecar.proc.stop()
+    running.stop()
 
 
 def test_sigterm_with_messages_in_flight_loses_nothing(

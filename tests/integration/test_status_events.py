@@ -138,9 +138,7 @@ def kill_worker(stack: devstack.Stack, observer: Observer) -> Iterator[Worker]:
     """A worker of its own, to be killed."""
     running = start_worker(stack, "kill-worker", topic_prefix="kill.")
     yield running
-    running.client.close()
-    running.proc.stop()
-    running.sidecar.proc.stop()
+    running.stop()
 
 
 def test_completion_is_published_after_a_sigkill(

@@ -1,0 +1,37 @@
+"""The benchmark script keeps working (its small smoke mode; figures are not asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from scripts import devstack
+
+
+def test_benchmark_smoke_mode_produces_its_report(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(devstack.PROJECT / "scripts" / "benchmark.py"),
+            "--smoke",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        cwd=devstack.PROJECT,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert {row["profile"] for row in report["medians"]} == {"default", "redis"}
+    for run in report["runs"]:
+        for phase in ("direct", "worker", "flow", "pubsub"):
+            assert run[phase]["throughput"] > 0
+            assert 0 < run[phase]["p50_ms"] <= run[phase]["p99_ms"]
+        assert run["peak_rss_mb"] > 0
+    assert (tmp_path / "benchmark.png").stat().st_size > 10_000
+    assert "worker/direct" in (tmp_path / "results.md").read_text()
