@@ -126,7 +126,7 @@ build_runtime() {  # $1 = dapr source dir, rest = commands to build
     local tags=()
     [ "$cmd" = daprd ] && tags=(-tags stablecomponents)
     run_build runtime "$cmd" "${tags[@]}" -ldflags "$ldflags" -o "$build_dir/out/$cmd" "github.com/dapr/dapr/cmd/$cmd"
-    install -m 0755 "$build_dir/out/$cmd" "$bin_dir/$cmd"
+    install -m 0755 "$build_dir/out/$cmd" "$bin_dir/$cmd" && rm -f "$build_dir/out/$cmd"
     record_version "$cmd" "$v"
     say "installed $cmd $v at $bin_dir/$cmd"
   done
@@ -139,7 +139,7 @@ build_cli() {  # $1 = dapr CLI source dir
   # v1.16.5 is a later patch release of the same line.
   (cd "$build_dir/cli" && go mod edit -require="github.com/dapr/components-contrib@v$DAPR_CLI_CONTRIB_VERSION")
   run_build cli dapr -ldflags "-s -w -X main.version=$v -X main.apiVersion=1.0" -o "$build_dir/out/dapr" github.com/dapr/cli
-  install -m 0755 "$build_dir/out/dapr" "$bin_dir/dapr"
+  install -m 0755 "$build_dir/out/dapr" "$bin_dir/dapr" && rm -f "$build_dir/out/dapr"
   record_version dapr "$v"
   say "installed dapr CLI $(version_of dapr) at $bin_dir/dapr"
 }
