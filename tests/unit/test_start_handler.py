@@ -261,3 +261,11 @@ def test_a_refused_start_of_someone_elses_instance_stays_rejected() -> None:
     gateway.start = other_message_wins  # type: ignore[method-assign]
     with pytest.raises(Rejected, match="already exists"):
         handler.handle(start_message(instance_id="order-1"), NEW)
+
+
+def test_started_carries_creation_time(handler: StartHandler) -> None:
+    before = datetime.now(UTC)
+    [started] = handler.handle(start_message(instance_id="order-9"), NEW)
+    assert started.event.created_at is not None
+    assert before <= started.event.created_at <= datetime.now(UTC)
+    assert started.event.last_updated_at == started.event.created_at

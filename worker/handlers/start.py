@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection
+from datetime import datetime
 
 from worker.events import EventType, now
 from worker.gateway import InstanceState, WorkflowGateway
@@ -40,7 +41,7 @@ class StartHandler:
         existing = self._gateway.get_state(instance_id, payloads=True)
         if existing is not None:
             if self._started_by(existing, message):  # an earlier delivery's answer was lost
-                return self._reports(message, request, instance_id)
+                return self._reports(message, request, instance_id, existing.created_at)
             if not existing.is_terminal:
                 raise Rejected(
                     f"instance {instance_id} already exists and is {existing.status}",
@@ -82,10 +83,18 @@ class StartHandler:
         return request.start_at is not None and request.start_at > now()
 
     def _reports(
-        self, message: Inbound, request: StartWorkflow, instance_id: str
+        self,
+        message: Inbound,
+        request: StartWorkflow,
+        instance_id: str,
+        created_at: datetime | None = None,
     ) -> list[Outbound]:
-        """`started`, or `scheduled` for a delayed start (whose workflow reports `started`)."""
+        """`started`, or `scheduled` for a delayed start (whose workflow reports `started`).
+
+        ``created_at``: when the instance was created (default: now, it just was).
+        """
         delayed = self._delayed(request)
+        created = created_at or now()
         return [
             report(
                 message,
@@ -93,5 +102,7 @@ class StartHandler:
                 instance_id,
                 workflow=request.workflow,
                 status="PENDING" if delayed else "RUNNING",
+                created_at=created,
+                last_updated_at=created,
             )
         ]
