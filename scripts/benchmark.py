@@ -251,6 +251,92 @@ def phase_pubsub(host: Host, n: int) -> dict[str, Any]:
     return {"throughput": n / wall, **percentiles(latencies)}
 
 
+def _paced(count: int, rate: float, send: Callable[[int], float]) -> list[float]:
+    """Call ``send(i)`` ``count`` times at ``rate`` per second (CONCURRENCY threads)."""
+    began = time.monotonic()
+
+    def at_its_time(i: int) -> float:
+        delay = began + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        return send(i)
+
+    return _parallel(range(count), at_its_time)
+
+
+def paced_run(profile: str, count: int, rate: float, workdir: Path) -> dict[str, Any]:
+    """Latency below saturation: the same paced load, direct and through the worker."""
+    with devstack.Stack(workdir) as stack:
+        stack.start_placement()
+        stack.start_scheduler()
+        if profile == "redis":
+            stack.start_redis()
+        host = Host(stack, profile)
+        try:
+
+            def direct(i: int) -> float:
+                began = time.perf_counter()
+                host.client.schedule_new_workflow(
+                    "approval_workflow", input=_order(f"d{i}"), instance_id=f"d{i}"
+                )
+                return time.perf_counter() - began
+
+            direct_latency = _paced(count, rate, direct)
+            ids = [str(uuid.uuid4()) for _ in range(count)]
+            sent = _paced(
+                count,
+                rate,
+                lambda i: host.publish(
+                    "workflow.start",
+                    {
+                        "workflow": "approval_workflow",
+                        "instance_id": f"w{i}",
+                        "input": _order(f"w{i}"),
+                    },
+                    ids[i],
+                ),
+            )
+            obs = host.observations
+            obs.wait(lambda: sum(("started", m) in obs.status for m in ids), count, 120)
+            worker_latency = [
+                obs.status[("started", m)] - t for m, t in zip(ids, sent, strict=True)
+            ]
+            direct_p, worker_p = percentiles(direct_latency), percentiles(worker_latency)
+            return {
+                "profile": profile,
+                "count": count,
+                "rate": rate,
+                "direct": direct_p,
+                "worker": worker_p,
+                "added_p99_ms": worker_p["p99_ms"] - direct_p["p99_ms"],
+            }
+        except Exception:
+            print(stack.failed_logs(), file=sys.stderr)
+            raise
+        finally:
+            host.client.close()
+
+
+def paced_markdown(runs: list[dict[str, Any]], machine: str, command: str) -> str:
+    lines = [
+        f"Machine: {machine}. Command: `{command}`. Medians of the runs.",
+        "",
+        "| profile | messages | rate/s | direct p50/p95/p99 ms | worker p50/p95/p99 ms "
+        "| **added p99 ms** |",
+        "|---|---|---|---|---|---|",
+    ]
+    for profile in dict.fromkeys(r["profile"] for r in runs):
+        mine = [r for r in runs if r["profile"] == profile]
+        d = [median_of(mine, "direct", k) for k in ("p50_ms", "p95_ms", "p99_ms")]
+        w = [median_of(mine, "worker", k) for k in ("p50_ms", "p95_ms", "p99_ms")]
+        lines.append(
+            f"| {profile} | {mine[0]['count']} | {mine[0]['rate']:.0f} | "
+            f"{d[0]:.0f}/{d[1]:.0f}/{d[2]:.0f} | {w[0]:.0f}/{w[1]:.0f}/{w[2]:.0f} | "
+            f"**{median_of(mine, 'added_p99_ms'):.0f}** |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def one_run(profile: str, n: int, workdir: Path) -> dict[str, Any]:
     with devstack.Stack(workdir) as stack:
         stack.start_placement()
@@ -382,6 +468,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--smoke", action="store_true", help="N=20, 1 run, both profiles")
     parser.add_argument("--out", type=Path, default=devstack.PROJECT / "docs" / "benchmark")
+    parser.add_argument(
+        "--paced",
+        nargs=2,
+        type=float,
+        metavar=("COUNT", "RATE"),
+        help="instead: latency below saturation, COUNT messages at RATE per second",
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         args.n, args.runs = [20], 1
@@ -392,6 +485,26 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
         f"{platform.system()} {platform.machine()}, Python {platform.python_version()}"
     )
+    if args.paced:
+        count, rate = int(args.paced[0]), args.paced[1]
+        paced: list[dict[str, Any]] = []
+        with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+            for profile in args.profiles:
+                for run in range(args.runs):
+                    result = paced_run(profile, count, rate, Path(tmp) / f"{profile}-{run}")
+                    paced.append(result)
+                    print(
+                        f"{profile:8} paced run {run + 1}: added p99 "
+                        f"{result['added_p99_ms']:.0f} ms",
+                        flush=True,
+                    )
+        (args.out / "paced.json").write_text(
+            json.dumps({"machine": machine, "command": command, "runs": paced}, indent=1)
+        )
+        table = paced_markdown(paced, machine, command)
+        (args.out / "paced.md").write_text(table)
+        print(table)
+        return 0
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         for profile in args.profiles:
