@@ -35,3 +35,31 @@ def test_benchmark_smoke_mode_produces_its_report(tmp_path: Path) -> None:
         assert run["peak_rss_mb"] > 0
     assert (tmp_path / "benchmark.png").stat().st_size > 10_000
     assert "worker/direct" in (tmp_path / "results.md").read_text()
+
+
+def test_benchmark_paced_mode_produces_its_report(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(devstack.PROJECT / "scripts" / "benchmark.py"),
+            "--paced",
+            "10",
+            "10",
+            "--runs",
+            "1",
+            "--profiles",
+            "default",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        cwd=devstack.PROJECT,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (run,) = json.loads((tmp_path / "paced.json").read_text())["runs"]
+    for side in ("direct", "worker"):
+        assert 0 < run[side]["p50_ms"] <= run[side]["p99_ms"]
+    assert "added p99" in (tmp_path / "paced.md").read_text()
