@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -35,7 +36,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop.wait()
     finally:
         service.stop()
+        _exit_soon_even_if_sdk_threads_linger()
     return 0
+
+
+def _exit_soon_even_if_sdk_threads_linger(seconds: float = 10.0) -> None:
+    """After a clean stop, the SDK's threads can hang on a wedged sidecar and keep the process
+    alive; exit anyway after ``seconds`` (a normal exit ends this daemon timer first)."""
+
+    def force() -> None:
+        logging.getLogger("worker").warning("SDK threads still running: exiting anyway")
+        logging.shutdown()
+        os._exit(0)
+
+    timer = threading.Timer(seconds, force)
+    timer.daemon = True
+    timer.start()
 
 
 if __name__ == "__main__":
