@@ -222,12 +222,29 @@ def observer(stack: devstack.Stack) -> Iterator[Observer]:
     thread.start()
     devstack.wait_until(lambda: devstack.port_open(app_port), 10, "observer app")
     sidecar = stack.start_sidecar(
-        "workflow-client", stack.components("redis"), app_port=app_port, wait_for_app=True
+        "workflow-client",
+        _sequential(stack.components("redis")),
+        app_port=app_port,
+        wait_for_app=True,
     )
     collected.http_port = sidecar.http_port
     yield collected
     sidecar.proc.stop()
     app.stop()
+
+
+def _sequential(components: Path) -> Path:
+    """A copy of ``components`` whose pub/sub delivers one message at a time: how a consumer
+    that needs per-instance order reads (the worker's own copy delivers 16 at once)."""
+    ordered = components.with_name(components.name + "-sequential")
+    ordered.mkdir(exist_ok=True)
+    for source in components.glob("*.yaml"):
+        text = source.read_text().replace(
+            '- name: concurrency\n      value: "16"', '- name: concurrency\n      value: "1"'
+        )
+        (ordered / source.name).write_text(text)
+    assert 'value: "1"' in (ordered / "pubsub.yaml").read_text()
+    return ordered
 
 
 def start_worker(
