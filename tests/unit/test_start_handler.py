@@ -16,7 +16,7 @@ from worker.handlers.start import StartHandler, derived_instance_id
 from worker.idempotency import Begin, Claim
 from worker.messages import StartWorkflow
 from worker.origin import Origin, unwrap
-from worker.outcomes import Rejected
+from worker.outcomes import Rejected, Transient
 
 ALLOWED = ("approval_workflow", "counter_workflow")
 NEW = Claim(Begin.NEW, "key")
@@ -269,3 +269,14 @@ def test_started_carries_creation_time(handler: StartHandler) -> None:
     assert started.event.created_at is not None
     assert before <= started.event.created_at <= datetime.now(UTC)
     assert started.event.last_updated_at == started.event.created_at
+
+
+def test_a_pending_instance_of_unknown_origin_is_asked_about_again(
+    handler: StartHandler, gateway: FakeGateway
+) -> None:
+    """Created by a start that timed out, not yet run: the sidecar shows no input yet."""
+    just_now = datetime.now(UTC).replace(tzinfo=None)  # the SDK's naive UTC
+    gateway.states["order-1"] = state("order-1", "PENDING", created_at=just_now)
+    with pytest.raises(Transient, match="PENDING"):
+        handler.handle(start_message(instance_id="order-1"), NEW)
+    assert gateway.mutations() == []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from worker.events import EventType, now
 from worker.gateway import InstanceState, WorkflowGateway
@@ -13,8 +13,20 @@ from worker.handlers.report import report
 from worker.idempotency import Claim
 from worker.messages import StartWorkflow
 from worker.origin import Origin
-from worker.outcomes import Rejected
+from worker.outcomes import Rejected, Transient
 from worker.publisher import Outbound
+
+# A PENDING instance this young may be one a timed-out start of this message created.
+_UNDECIDED_FOR = timedelta(seconds=60)
+
+
+def _recent(state: InstanceState) -> bool:
+    if state.created_at is None:
+        return False
+    created = state.created_at
+    created = created.replace(tzinfo=UTC) if created.tzinfo is None else created
+    return now() - created < _UNDECIDED_FOR
+
 
 _ID_NAMESPACE = uuid.UUID("0b7e4b8c-2f33-4c52-8a1d-6d1f7e0c9a41")
 
@@ -42,6 +54,11 @@ class StartHandler:
         if existing is not None:
             if self._started_by(existing, message):  # an earlier delivery's answer was lost
                 return self._reports(message, request, instance_id, existing.created_at)
+            if existing.origin is None and existing.status == "PENDING" and _recent(existing):
+                # Created but not yet run: the sidecar shows no input, so whose it is cannot
+                # be told yet (an earlier delivery's start may have timed out after creating
+                # it). Ask again once it runs.
+                raise Transient(f"instance {instance_id} is PENDING; its origin is not known yet")
             if not existing.is_terminal:
                 raise Rejected(
                     f"instance {instance_id} already exists and is {existing.status}",
