@@ -16,6 +16,7 @@ Results: OUT/results.json, OUT/results.md, OUT/benchmark.png (default OUT: docs/
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -26,7 +27,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,25 @@ class Host:
         return sent
 
 
+@contextlib.contextmanager
+def fresh_host(profile: str, workdir: Path) -> Iterator[Host]:
+    """A new stack (placement, scheduler, Redis for that profile) with the worker host on it;
+    prints every process's log when the run fails, and stops it all."""
+    with devstack.Stack(workdir) as stack:
+        stack.start_placement()
+        stack.start_scheduler()
+        if profile == "redis":
+            stack.start_redis()
+        host = Host(stack, profile)
+        try:
+            yield host
+        except Exception:
+            print(stack.failed_logs(), file=sys.stderr)
+            raise
+        finally:
+            host.client.close()
+
+
 def _parallel(items: Iterable[Any], fn: Callable[[Any], Any]) -> list[Any]:
     with ThreadPoolExecutor(CONCURRENCY) as pool:
         return list(pool.map(fn, items))
@@ -266,55 +286,42 @@ def _paced(count: int, rate: float, send: Callable[[int], float]) -> list[float]
 
 def paced_run(profile: str, count: int, rate: float, workdir: Path) -> dict[str, Any]:
     """Latency below saturation: the same paced load, direct and through the worker."""
-    with devstack.Stack(workdir) as stack:
-        stack.start_placement()
-        stack.start_scheduler()
-        if profile == "redis":
-            stack.start_redis()
-        host = Host(stack, profile)
-        try:
+    with fresh_host(profile, workdir) as host:
 
-            def direct(i: int) -> float:
-                began = time.perf_counter()
-                host.client.schedule_new_workflow(
-                    "approval_workflow", input=_order(f"d{i}"), instance_id=f"d{i}"
-                )
-                return time.perf_counter() - began
-
-            direct_latency = _paced(count, rate, direct)
-            ids = [str(uuid.uuid4()) for _ in range(count)]
-            sent = _paced(
-                count,
-                rate,
-                lambda i: host.publish(
-                    "workflow.start",
-                    {
-                        "workflow": "approval_workflow",
-                        "instance_id": f"w{i}",
-                        "input": _order(f"w{i}"),
-                    },
-                    ids[i],
-                ),
+        def direct(i: int) -> float:
+            began = time.perf_counter()
+            host.client.schedule_new_workflow(
+                "approval_workflow", input=_order(f"d{i}"), instance_id=f"d{i}"
             )
-            obs = host.observations
-            obs.wait(lambda: sum(("started", m) in obs.status for m in ids), count, 120)
-            worker_latency = [
-                obs.status[("started", m)] - t for m, t in zip(ids, sent, strict=True)
-            ]
-            direct_p, worker_p = percentiles(direct_latency), percentiles(worker_latency)
-            return {
-                "profile": profile,
-                "count": count,
-                "rate": rate,
-                "direct": direct_p,
-                "worker": worker_p,
-                "added_p99_ms": worker_p["p99_ms"] - direct_p["p99_ms"],
-            }
-        except Exception:
-            print(stack.failed_logs(), file=sys.stderr)
-            raise
-        finally:
-            host.client.close()
+            return time.perf_counter() - began
+
+        direct_latency = _paced(count, rate, direct)
+        ids = [str(uuid.uuid4()) for _ in range(count)]
+        sent = _paced(
+            count,
+            rate,
+            lambda i: host.publish(
+                "workflow.start",
+                {
+                    "workflow": "approval_workflow",
+                    "instance_id": f"w{i}",
+                    "input": _order(f"w{i}"),
+                },
+                ids[i],
+            ),
+        )
+        obs = host.observations
+        obs.wait(lambda: sum(("started", m) in obs.status for m in ids), count, 120)
+        worker_latency = [obs.status[("started", m)] - t for m, t in zip(ids, sent, strict=True)]
+        direct_p, worker_p = percentiles(direct_latency), percentiles(worker_latency)
+        return {
+            "profile": profile,
+            "count": count,
+            "rate": rate,
+            "direct": direct_p,
+            "worker": worker_p,
+            "added_p99_ms": worker_p["p99_ms"] - direct_p["p99_ms"],
+        }
 
 
 def paced_markdown(runs: list[dict[str, Any]], machine: str, command: str) -> str:
@@ -338,33 +345,22 @@ def paced_markdown(runs: list[dict[str, Any]], machine: str, command: str) -> st
 
 
 def one_run(profile: str, n: int, workdir: Path) -> dict[str, Any]:
-    with devstack.Stack(workdir) as stack:
-        stack.start_placement()
-        stack.start_scheduler()
-        if profile == "redis":
-            stack.start_redis()
-        host = Host(stack, profile)
-        try:
-            direct = phase_direct(host, n)
-            worker, ids = phase_worker(host, n)
-            flow = phase_flow(host, ids)
-            pubsub = phase_pubsub(host, n)
-            return {
-                "profile": profile,
-                "n": n,
-                "direct": direct,
-                "worker": worker,
-                "flow": flow,
-                "pubsub": pubsub,
-                "peak_rss_mb": host.peak_rss_mb(),
-                "ratio": worker["throughput"] / direct["throughput"],
-                "added_p99_ms": worker["p99_ms"] - direct["p99_ms"],
-            }
-        except Exception:
-            print(stack.failed_logs(), file=sys.stderr)
-            raise
-        finally:
-            host.client.close()
+    with fresh_host(profile, workdir) as host:
+        direct = phase_direct(host, n)
+        worker, ids = phase_worker(host, n)
+        flow = phase_flow(host, ids)
+        pubsub = phase_pubsub(host, n)
+        return {
+            "profile": profile,
+            "n": n,
+            "direct": direct,
+            "worker": worker,
+            "flow": flow,
+            "pubsub": pubsub,
+            "peak_rss_mb": host.peak_rss_mb(),
+            "ratio": worker["throughput"] / direct["throughput"],
+            "added_p99_ms": worker["p99_ms"] - direct["p99_ms"],
+        }
 
 
 def median_of(runs: list[dict[str, Any]], *path: str) -> float:

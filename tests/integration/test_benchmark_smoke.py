@@ -10,15 +10,9 @@ from pathlib import Path
 from scripts import devstack
 
 
-def test_benchmark_smoke_mode_produces_its_report(tmp_path: Path) -> None:
+def _benchmark(*args: str) -> None:
     result = subprocess.run(
-        [
-            sys.executable,
-            str(devstack.PROJECT / "scripts" / "benchmark.py"),
-            "--smoke",
-            "--out",
-            str(tmp_path),
-        ],
+        [sys.executable, str(devstack.PROJECT / "scripts" / "benchmark.py"), *args],
         capture_output=True,
         text=True,
         timeout=600,
@@ -26,6 +20,10 @@ def test_benchmark_smoke_mode_produces_its_report(tmp_path: Path) -> None:
         cwd=devstack.PROJECT,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_benchmark_smoke_mode_produces_its_report(tmp_path: Path) -> None:
+    _benchmark("--smoke", "--out", str(tmp_path))
     report = json.loads((tmp_path / "results.json").read_text())
     assert {row["profile"] for row in report["medians"]} == {"default", "redis"}
     for run in report["runs"]:
@@ -38,27 +36,9 @@ def test_benchmark_smoke_mode_produces_its_report(tmp_path: Path) -> None:
 
 
 def test_benchmark_paced_mode_produces_its_report(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(devstack.PROJECT / "scripts" / "benchmark.py"),
-            "--paced",
-            "10",
-            "10",
-            "--runs",
-            "1",
-            "--profiles",
-            "default",
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        cwd=devstack.PROJECT,
+    _benchmark(
+        "--paced", "10", "10", "--runs", "1", "--profiles", "default", "--out", str(tmp_path)
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (run,) = json.loads((tmp_path / "paced.json").read_text())["runs"]
     for side in ("direct", "worker"):
         assert 0 < run[side]["p50_ms"] <= run[side]["p99_ms"]
