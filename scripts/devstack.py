@@ -83,12 +83,14 @@ class Proc:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
-    def log_tail(self, lines: int = 40) -> str:
+    def log_tail(self, lines: int = 40, width: int = 400) -> str:
+        """The last ``lines`` lines of the log, cut to ``width``, without etcd's trace chatter."""
         try:
             text = self.log.read_text(errors="replace").splitlines()
         except OSError:
             return "(no log)"
-        return "\n".join(text[-lines:])
+        kept = [line[:width] for line in text if "traceutil/trace.go" not in line]
+        return "\n".join(kept[-lines:])
 
     def stop(self, grace: float = 10.0) -> None:
         if not self.alive():

@@ -316,6 +316,8 @@ def _logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
     if report is not None and report.failed and "stack" in request.fixturenames:
         running: devstack.Stack = request.getfixturevalue("stack")
         print(running.failed_logs())
+        # CI shows the end of the output: end with why the test failed.
+        print(f"----- {request.node.nodeid} failed:\n{report.longreprtext[-3000:]}")
 
 
 def unique(prefix: str) -> str:

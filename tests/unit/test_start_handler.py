@@ -263,6 +263,22 @@ def test_a_refused_start_of_someone_elses_instance_stays_rejected() -> None:
         handler.handle(start_message(instance_id="order-1"), NEW)
 
 
+def test_a_refused_start_whose_instance_has_not_run_yet_is_retried_not_rejected() -> None:
+    """Seen in a replica kill: the sidecar created the instance, answered ALREADY_EXISTS, and
+    the instance was still PENDING, so its input (and origin) was not visible yet."""
+    gateway = _RefusingGateway()
+    handler = StartHandler(cast(WorkflowGateway, gateway), ALLOWED)
+
+    def created_but_not_run(workflow: str, instance_id: str, data: Any, start_at: Any) -> None:
+        just_now = datetime.now(UTC).replace(tzinfo=None)
+        gateway.states[instance_id] = state(instance_id, "PENDING", created_at=just_now)
+        raise Rejected("an active workflow with this ID already exists")
+
+    gateway.start = created_but_not_run  # type: ignore[method-assign]
+    with pytest.raises(Transient, match="PENDING"):
+        handler.handle(start_message(instance_id="order-1"), NEW)
+
+
 def test_started_carries_creation_time(handler: StartHandler) -> None:
     before = datetime.now(UTC)
     [started] = handler.handle(start_message(instance_id="order-9"), NEW)

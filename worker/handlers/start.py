@@ -51,29 +51,9 @@ class StartHandler:
             )
         instance_id = request.instance_id or derived_instance_id(request.workflow, message)
         existing = self._gateway.get_state(instance_id, payloads=True)
-        if existing is not None:
-            if self._started_by(existing, message):  # an earlier delivery's answer was lost
-                return self._reports(message, request, instance_id, existing.created_at)
-            if existing.origin is None and existing.status == "PENDING" and _recent(existing):
-                # Created but not yet run: the sidecar shows no input, so whose it is cannot
-                # be told yet (an earlier delivery's start may have timed out after creating
-                # it). Ask again once it runs.
-                raise Transient(f"instance {instance_id} is PENDING; its origin is not known yet")
-            if not existing.is_terminal:
-                raise Rejected(
-                    f"instance {instance_id} already exists and is {existing.status}",
-                    status=existing.status,
-                    instance_id=instance_id,
-                    workflow=request.workflow,
-                )
-            if not request.replace:
-                raise Rejected(
-                    f"instance {instance_id} already finished ({existing.status}); send "
-                    "replace: true to start it again (this wipes its history)",
-                    status=existing.status,
-                    instance_id=instance_id,
-                    workflow=request.workflow,
-                )
+        if existing is not None and self._ours(existing, message, request, instance_id):
+            # An earlier delivery started it and its answer was lost: report again.
+            return self._reports(message, request, instance_id, existing.created_at)
         origin = Origin(message.source, message.message_id, report_start=self._delayed(request))
         try:
             self._gateway.start(
@@ -82,9 +62,43 @@ class StartHandler:
         except Rejected:
             # The sidecar may refuse a start it has in fact just done (ALREADY_EXISTS from its
             # own retry during a fail-over), or a duplicate may have won the race: look again.
-            if not self._started_by(self._gateway.get_state(instance_id, payloads=True), message):
+            existing = self._gateway.get_state(instance_id, payloads=True)
+            if existing is None or not self._ours(existing, message, request, instance_id):
                 raise
+            return self._reports(message, request, instance_id, existing.created_at)
         return self._reports(message, request, instance_id)
+
+    def _ours(
+        self, existing: InstanceState, message: Inbound, request: StartWorkflow, instance_id: str
+    ) -> bool:
+        """True when ``existing`` is the instance this very message started.
+
+        Otherwise raise: Transient while that cannot be told yet, Rejected when the instance
+        is someone else's and may not be replaced.
+        """
+        if self._started_by(existing, message):
+            return True
+        if existing.origin is None and existing.status == "PENDING" and _recent(existing):
+            # Created but not yet run: the sidecar shows no input, so whose it is cannot be
+            # told yet (this message's own start may have created it, then timed out or been
+            # answered ALREADY_EXISTS during a fail-over). Ask again once it runs.
+            raise Transient(f"instance {instance_id} is PENDING; its origin is not known yet")
+        if not existing.is_terminal:
+            raise Rejected(
+                f"instance {instance_id} already exists and is {existing.status}",
+                status=existing.status,
+                instance_id=instance_id,
+                workflow=request.workflow,
+            )
+        if not request.replace:
+            raise Rejected(
+                f"instance {instance_id} already finished ({existing.status}); send "
+                "replace: true to start it again (this wipes its history)",
+                status=existing.status,
+                instance_id=instance_id,
+                workflow=request.workflow,
+            )
+        return False
 
     @staticmethod
     def _started_by(state: InstanceState | None, message: Inbound) -> bool:
