@@ -138,7 +138,8 @@ def test_invalid_message_is_rejected_before_any_call(
 def test_active_existing_instance_is_rejected(
     handler: StartHandler, gateway: FakeGateway, status: str
 ) -> None:
-    gateway.states["order-1"] = state("order-1", status)
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)  # long past any doubt
+    gateway.states["order-1"] = state("order-1", status, created_at=an_hour_ago)
     with pytest.raises(Rejected) as info:
         handler.handle(start_message(instance_id="order-1", replace=True), NEW)
     assert status in info.value.reason
@@ -287,12 +288,17 @@ def test_started_carries_creation_time(handler: StartHandler) -> None:
     assert started.event.last_updated_at == started.event.created_at
 
 
+@pytest.mark.parametrize("created", ["just-now", "zero-timestamp", "unknown"])
 def test_a_pending_instance_of_unknown_origin_is_asked_about_again(
-    handler: StartHandler, gateway: FakeGateway
+    handler: StartHandler, gateway: FakeGateway, created: str
 ) -> None:
     """Created by a start that timed out, not yet run: the sidecar shows no input yet."""
-    just_now = datetime.now(UTC).replace(tzinfo=None)  # the SDK's naive UTC
-    gateway.states["order-1"] = state("order-1", "PENDING", created_at=just_now)
+    created_at = {
+        "just-now": datetime.now(UTC).replace(tzinfo=None),  # the SDK's naive UTC
+        "zero-timestamp": datetime(1970, 1, 1),  # how the sidecar shows "not set"
+        "unknown": None,
+    }[created]
+    gateway.states["order-1"] = state("order-1", "PENDING", created_at=created_at)
     with pytest.raises(Transient, match="PENDING"):
         handler.handle(start_message(instance_id="order-1"), NEW)
     assert gateway.mutations() == []

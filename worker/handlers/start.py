@@ -20,12 +20,21 @@ from worker.publisher import Outbound
 _UNDECIDED_FOR = timedelta(seconds=60)
 
 
-def _recent(state: InstanceState) -> bool:
-    if state.created_at is None:
+# Before this, a creation time is the sidecar's "not set" (a zero timestamp), not a time.
+_NO_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def _undecided(state: InstanceState) -> bool:
+    """Whether ``state`` may be an instance a timed-out or refused start of this very
+    message created: PENDING, origin not visible, and created recently (or at a time the
+    sidecar does not show). Retrying is bounded by the pipeline's attempt limit."""
+    if state.origin is not None or state.status != "PENDING":
         return False
     created = state.created_at
+    if created is None:
+        return True
     created = created.replace(tzinfo=UTC) if created.tzinfo is None else created
-    return now() - created < _UNDECIDED_FOR
+    return created < _NO_TIME or now() - created < _UNDECIDED_FOR
 
 
 _ID_NAMESPACE = uuid.UUID("0b7e4b8c-2f33-4c52-8a1d-6d1f7e0c9a41")
@@ -78,7 +87,7 @@ class StartHandler:
         """
         if self._started_by(existing, message):
             return True
-        if existing.origin is None and existing.status == "PENDING" and _recent(existing):
+        if _undecided(existing):
             # Created but not yet run: the sidecar shows no input, so whose it is cannot be
             # told yet (this message's own start may have created it, then timed out or been
             # answered ALREADY_EXISTS during a fail-over). Ask again once it runs.
