@@ -91,6 +91,15 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(
         default=20.0, ge=0, description="How long SIGTERM waits for in-flight messages."
     )
+    stop_settle_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        description=(
+            "After closing its workflow stream, the worker waits this long before it exits, so "
+            "that a restart onto the same running sidecar cannot reconnect within daprd "
+            "1.18.2's re-registration race window (about a second)."
+        ),
+    )
     log_level: str = "INFO"
     sdk_log_level: str = Field(
         default="WARNING", description="Log level of the Dapr SDK's workflow client and runtime."

@@ -147,6 +147,7 @@ def test_cli_app_port_overrides_env(monkeypatch: pytest.MonkeyPatch) -> None:
         ("max_concurrency", 257),
         ("max_transient_attempts", 0),
         ("shutdown_grace_seconds", -1),
+        ("stop_settle_seconds", -0.5),
     ],
 )
 def test_out_of_range_values_are_rejected(field: str, value: float) -> None:
