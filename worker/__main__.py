@@ -8,13 +8,18 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from types import FrameType
 
 from worker.config import load_settings
 from worker.service import WorkerService
 
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Take SIGTERM/SIGINT synchronously in the main thread (sigwait), blocked everywhere else:
+    # no handler runs at an arbitrary point of some thread's work. Threads inherit this mask,
+    # so it must come before any thread starts.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     settings = load_settings(sys.argv[1:] if argv is None else argv)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -23,17 +28,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     root.setLevel(settings.log_level.upper())
     root.propagate = False
     service = WorkerService(settings)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        logging.getLogger("worker").info("received %s: shutting down", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     try:
         service.start()
-        stop.wait()
+        received = signal.sigwait(_STOP_SIGNALS)
+        root.info("received %s: shutting down", signal.Signals(received).name)
     finally:
         service.stop()
         _exit_soon_even_if_sdk_threads_linger()
