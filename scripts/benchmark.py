@@ -453,6 +453,14 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def machine_description() -> str:
+    return (
+        f"{os.cpu_count()} cores, "
+        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
+        f"{platform.system()} {platform.machine()}, Python {platform.python_version()}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -476,11 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         args.n, args.runs = [20], 1
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python scripts/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    machine = (
-        f"{os.cpu_count()} cores, "
-        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
-        f"{platform.system()} {platform.machine()}, Python {platform.python_version()}"
-    )
+    machine = machine_description()
     if args.paced:
         count, rate = int(args.paced[0]), args.paced[1]
         paced: list[dict[str, Any]] = []

@@ -10,9 +10,9 @@ from pathlib import Path
 from scripts import devstack
 
 
-def _benchmark(*args: str) -> None:
+def _benchmark(*args: str, script: str = "benchmark.py") -> None:
     result = subprocess.run(
-        [sys.executable, str(devstack.PROJECT / "scripts" / "benchmark.py"), *args],
+        [sys.executable, str(devstack.PROJECT / "scripts" / script), *args],
         capture_output=True,
         text=True,
         timeout=600,
@@ -43,3 +43,15 @@ def test_benchmark_paced_mode_produces_its_report(tmp_path: Path) -> None:
     for side in ("direct", "worker"):
         assert 0 < run[side]["p50_ms"] <= run[side]["p99_ms"]
     assert "added p99" in (tmp_path / "paced.md").read_text()
+
+
+def test_call_rates_mode_produces_its_report(tmp_path: Path) -> None:
+    _benchmark(
+        "--n", "20", "--profiles", "default", "--out", str(tmp_path), script="bench_calls.py"
+    )
+    (result,) = json.loads((tmp_path / "calls.json").read_text())["results"]
+    assert set(result["rates"]) == {"save first-write", "save", "publish", "start", "get instance"}
+    assert all(rate > 0 for rate in result["rates"].values())
+    # The whole path includes the pub/sub legs, so its bound is the lower one.
+    assert 0 < result["bounds"]["worker_path"] < result["bounds"]["pubsub_legs_only"] < 1
+    assert "bound: worker path" in (tmp_path / "calls.md").read_text()
