@@ -57,16 +57,17 @@ def measure(host: Host, n: int) -> dict[str, float]:
     )
     state = DaprClient(f"127.0.0.1:{host.sidecar.grpc_port}")
     first_write = StateOptions(concurrency=Concurrency.first_write)
-    keys = [f"bench-{uuid.uuid4().hex}" for _ in range(n)]
+    claims = [f"bench-claim-{uuid.uuid4().hex}" for _ in range(n)]
+    records = [f"bench-done-{uuid.uuid4().hex}" for _ in range(n)]  # other keys, as the worker's
     ids = [f"calls-{uuid.uuid4().hex[:12]}" for _ in range(n)]
     try:
         return {
             "save first-write": _rate(
                 host,
                 n,
-                lambda i: state.save_state("statestore", keys[i], "{}", options=first_write),
+                lambda i: state.save_state("statestore", claims[i], "{}", options=first_write),
             ),
-            "save": _rate(host, n, lambda i: state.save_state("statestore", keys[i], "{}")),
+            "save": _rate(host, n, lambda i: state.save_state("statestore", records[i], "{}")),
             "publish": _rate(
                 host, n, lambda i: host.publish("bench.noop", {"n": i}, str(uuid.uuid4()))
             ),
