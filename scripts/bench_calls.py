@@ -91,7 +91,12 @@ def bounds(rates: dict[str, float]) -> dict[str, float]:
     cost = {call: 1 / rate for call, rate in rates.items()}
     path = sum(cost[call] * times for call, times in WORKER_PATH.items())
     legs = cost["start"] + WORKER_PATH["publish"] * cost["publish"]
-    return {"worker_path": cost["start"] / path, "pubsub_legs_only": cost["start"] / legs}
+    check = cost["start"] + cost["get instance"]
+    return {
+        "worker_path": cost["start"] / path,
+        "pubsub_legs_only": cost["start"] / legs,
+        "existence_check_only": cost["start"] / check,
+    }
 
 
 def markdown(results: list[dict[str, Any]], machine: str, command: str) -> str:
@@ -100,14 +105,17 @@ def markdown(results: list[dict[str, Any]], machine: str, command: str) -> str:
         f"Machine: {machine}. Command: `{command}`. Calls per second through one sidecar, "
         f"{results[0]['n']} of each at the worker's concurrency.",
         "",
-        "| profile | " + " | ".join(calls) + " | bound: worker path | bound: pub/sub legs only |",
-        "|---|" + "---|" * (len(calls) + 2),
+        "| profile | "
+        + " | ".join(calls)
+        + " | bound: worker path | bound: pub/sub legs only | bound: existence check only |",
+        "|---|" + "---|" * (len(calls) + 3),
     ]
     for r in results:
         rates = " | ".join(f"{r['rates'][c]:.0f}" for c in calls)
         b = r["bounds"]
         lines.append(
-            f"| {r['profile']} | {rates} | {b['worker_path']:.2f} | {b['pubsub_legs_only']:.2f} |"
+            f"| {r['profile']} | {rates} | {b['worker_path']:.2f} | {b['pubsub_legs_only']:.2f} "
+            f"| {b['existence_check_only']:.2f} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -53,5 +53,7 @@ def test_call_rates_mode_produces_its_report(tmp_path: Path) -> None:
     assert set(result["rates"]) == {"save first-write", "save", "publish", "start", "get instance"}
     assert all(rate > 0 for rate in result["rates"].values())
     # The whole path includes the pub/sub legs, so its bound is the lower one.
-    assert 0 < result["bounds"]["worker_path"] < result["bounds"]["pubsub_legs_only"] < 1
+    bounds = result["bounds"]
+    assert 0 < bounds["worker_path"] < bounds["pubsub_legs_only"] < 1
+    assert bounds["worker_path"] < bounds["existence_check_only"] < 1
     assert "bound: worker path" in (tmp_path / "calls.md").read_text()
