@@ -31,7 +31,14 @@ from dapr.clients.grpc._state import Concurrency, StateOptions
 from dapr.conf import settings as dapr_settings
 
 from scripts import devstack
-from scripts.benchmark import Host, _order, _parallel, fresh_host, machine_description
+from scripts.benchmark import (
+    Host,
+    _order,
+    _parallel,
+    fresh_host,
+    machine_description,
+    write_report,
+)
 
 # The worker's path for one start, as (call, how many times).
 WORKER_PATH = {
@@ -144,12 +151,11 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"{profile}: {json.dumps(results[-1])}", flush=True)
     machine = machine_description()
-    (args.out / "calls.json").write_text(
-        json.dumps({"machine": machine, "command": command, "results": results}, indent=1)
+    write_report(
+        args.out / "calls",
+        {"machine": machine, "command": command, "results": results},
+        markdown(results, machine, command),
     )
-    table = markdown(results, machine, command)
-    (args.out / "calls.md").write_text(table)
-    print(table)
     return 0
 
 

@@ -453,6 +453,13 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def write_report(stem: Path, data: dict[str, Any], table: str) -> None:
+    """``stem``.json (the figures) and ``stem``.md (the table), and print the table."""
+    stem.with_suffix(".json").write_text(json.dumps(data, indent=1))
+    stem.with_suffix(".md").write_text(table)
+    print(table)
+
+
 def machine_description() -> str:
     return (
         f"{os.cpu_count()} cores, "
@@ -498,12 +505,11 @@ def main(argv: list[str] | None = None) -> int:
                         f"{result['added_p99_ms']:.0f} ms",
                         flush=True,
                     )
-        (args.out / "paced.json").write_text(
-            json.dumps({"machine": machine, "command": command, "runs": paced}, indent=1)
+        write_report(
+            args.out / "paced",
+            {"machine": machine, "command": command, "runs": paced},
+            paced_markdown(paced, machine, command),
         )
-        table = paced_markdown(paced, machine, command)
-        (args.out / "paced.md").write_text(table)
-        print(table)
         return 0
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
@@ -522,15 +528,12 @@ def main(argv: list[str] | None = None) -> int:
                         flush=True,
                     )
     rows = summarise(results)
-    (args.out / "results.json").write_text(
-        json.dumps(
-            {"machine": machine, "command": command, "runs": results, "medians": rows}, indent=1
-        )
-    )
-    table = markdown(rows, machine, command)
-    (args.out / "results.md").write_text(table)
     plot(rows, args.out / "benchmark.png")
-    print(table)
+    write_report(
+        args.out / "results",
+        {"machine": machine, "command": command, "runs": results, "medians": rows},
+        markdown(rows, machine, command),
+    )
     return 0
 
 
