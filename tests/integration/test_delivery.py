@@ -33,7 +33,7 @@ from tests.integration.test_approval import worker_history
 SCALE = float(os.environ.get("DELIVERY_SCALE", "1"))
 # After a sidecar is killed, daprd 1.18.2 can stall an orchestration whose work item was in
 # flight during the actor rebalancing ("Ignoring complete task which no longer exists"): it
-# stays RUNNING and is re-run after a 5-minute timeout, or (seen once in ~10 runs) not within
+# stays RUNNING and is re-run after a 5-minute timeout, or (2 runs in ~10) not within
 # 8 minutes. The tests that kill a sidecar wait this long, then tell such stalls apart (see
 # `wait_exactly_once_or_stalled_in_daprd`).
 SIDECAR_LOSS_RECOVERY = 420
