@@ -91,11 +91,12 @@ class WorkflowGateway:
         self._client.close()
         self._channel.close()
 
-    def _call(self, doing: str, fn: Callable[[], T]) -> T:
+    def _call(self, doing: str, fn: Callable[[], T], instance_id: str | None = None) -> T:
+        """``fn()``, its errors classified; a rejection names ``instance_id``."""
         try:
             return fn()
         except grpc.RpcError as error:
-            raise_classified(error, doing)
+            raise_classified(error, doing, instance_id)
             raise  # unreachable: raise_classified always raises
         except TimeoutError as error:
             raise Transient(f"{doing}: timed out") from error
@@ -104,6 +105,7 @@ class WorkflowGateway:
         state = self._call(
             f"get state of {instance_id}",
             lambda: self._client.get_workflow_state(instance_id, fetch_payloads=payloads),
+            instance_id,
         )
         if state is None:
             return None
@@ -129,6 +131,7 @@ class WorkflowGateway:
             lambda: self._client.schedule_new_workflow(
                 workflow, input=data, instance_id=instance_id, start_at=start_at
             ),
+            instance_id,
         )
 
     def raise_event(self, instance_id: str, event_name: str, data: Any) -> None:
@@ -138,6 +141,7 @@ class WorkflowGateway:
         self._call(
             f"raise {event_name} into {instance_id}",
             lambda: self._stub.RaiseEvent(request, timeout=self._timeout, metadata=self._metadata),
+            instance_id,
         )
 
     def suspend(self, instance_id: str, reason: str | None) -> None:
@@ -147,6 +151,7 @@ class WorkflowGateway:
             lambda: self._stub.SuspendInstance(
                 request, timeout=self._timeout, metadata=self._metadata
             ),
+            instance_id,
         )
 
     def resume(self, instance_id: str, reason: str | None) -> None:
@@ -156,6 +161,7 @@ class WorkflowGateway:
             lambda: self._stub.ResumeInstance(
                 request, timeout=self._timeout, metadata=self._metadata
             ),
+            instance_id,
         )
 
     def terminate(self, instance_id: str, output: Any, recursive: bool) -> None:
@@ -167,12 +173,14 @@ class WorkflowGateway:
             lambda: self._stub.TerminateInstance(
                 request, timeout=self._timeout, metadata=self._metadata
             ),
+            instance_id,
         )
 
     def purge(self, instance_id: str, recursive: bool) -> None:
         self._call(
             f"purge {instance_id}",
             lambda: self._client.purge_workflow(instance_id, recursive=recursive),
+            instance_id,
         )
 
     def instance_ids(self, page_size: int = 500) -> Iterator[str]:

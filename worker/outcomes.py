@@ -90,9 +90,9 @@ def classify_rpc_error(error: grpc.RpcError) -> Classified:
     )
 
 
-def raise_classified(error: grpc.RpcError, doing: str) -> None:
-    """Re-raise a sidecar error as Rejected or Transient."""
+def raise_classified(error: grpc.RpcError, doing: str, instance_id: str | None = None) -> None:
+    """Re-raise a sidecar error as Rejected (naming ``instance_id``) or Transient."""
     result = classify_rpc_error(error)
     if result.transient:
         raise Transient(f"{doing}: {result.reason}") from error
-    raise Rejected(f"{doing}: {result.reason}") from error
+    raise Rejected(f"{doing}: {result.reason}", instance_id=instance_id) from error

@@ -118,6 +118,7 @@ def test_state_forbids_the_action(
     rejected = _control(observer, body)
     assert rejected["event"] == "rejected"
     assert reason in rejected["reason"]
+    assert rejected["instance_id"] == body["instance_id"]  # consumers of that instance see it
     _control(observer, {"action": "terminate", "instance_id": instance_id})
 
 

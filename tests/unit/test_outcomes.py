@@ -109,3 +109,10 @@ def test_raise_classified_raises_rejected() -> None:
         raise_classified(error, "suspend order-1")
     assert info.value.reason.startswith("suspend order-1: unknown instance")
     assert info.value.__cause__ is error
+
+
+def test_a_rejection_names_the_instance_it_is_about() -> None:
+    error = FakeRpcError(grpc.StatusCode.FAILED_PRECONDITION, "instance is not running")
+    with pytest.raises(Rejected) as info:
+        raise_classified(error, "suspend order-1", "order-1")
+    assert info.value.instance_id == "order-1"
