@@ -174,7 +174,7 @@ class Stack:
         log = self.workdir / f"{name}.log"
         out = log.open("ab")
         popen = subprocess.Popen(
-            argv,
+            [*_DIE_WITH_PARENT, *argv],
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=cwd or self.workdir,
@@ -355,6 +355,11 @@ class Stack:
             timeout,
         )
         return proc
+
+
+# Each process gets SIGTERM if the one that started it dies without stopping it (killed, or a
+# timeout): nothing is left running. setpriv (util-linux) sets that, then execs the command.
+_DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "TERM", "--"] if shutil.which("setpriv") else []
 
 
 def _logged_ready(proc: Proc) -> bool:
