@@ -92,7 +92,6 @@ class Pipeline:
         self._publisher = publisher
         self._max_bytes = max_message_bytes
         self._max_attempts = max_transient_attempts
-        self._max_bytes = max_message_bytes
         self._attempts: OrderedDict[str, int] = OrderedDict()
         self._lock = threading.Lock()
         self.in_flight = InFlight()
