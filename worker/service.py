@@ -111,13 +111,13 @@ class WorkerService:
                     "shutdown: messages still in flight after %.0fs; they will be redelivered",
                     self.settings.shutdown_grace_seconds,
                 )
-        stream_closed_at = time.monotonic()
+        settle_until = None  # see Settings.stop_settle_seconds
         if self._runtime is not None:
             try:
                 self._runtime.shutdown()
             except Exception:
                 log.exception("stopping the workflow runtime")
-            stream_closed_at = time.monotonic()
+            settle_until = time.monotonic() + self.settings.stop_settle_seconds
         if self._app is not None:
             self._app.stop()
         for closeable in (self._gateway, self._dapr):
@@ -126,7 +126,6 @@ class WorkerService:
                     closeable.close()
                 except Exception:
                     log.debug("close failed", exc_info=True)
-        settle = stream_closed_at + self.settings.stop_settle_seconds - time.monotonic()
-        if self._runtime is not None and settle > 0:
-            time.sleep(settle)  # see Settings.stop_settle_seconds
+        if settle_until is not None:
+            time.sleep(max(0.0, settle_until - time.monotonic()))
         log.info("worker stopped")
