@@ -18,8 +18,6 @@ from worker.publisher import Outbound
 
 # A PENDING instance this young may be one a timed-out start of this message created.
 _UNDECIDED_FOR = timedelta(seconds=60)
-
-
 # Before this, a creation time is the sidecar's "not set" (a zero timestamp), not a time.
 _NO_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 
@@ -110,12 +108,10 @@ class StartHandler:
         return False
 
     @staticmethod
-    def _started_by(state: InstanceState | None, message: Inbound) -> bool:
+    def _started_by(state: InstanceState, message: Inbound) -> bool:
         """Whether ``state`` is of the instance this very message started."""
-        return (
-            state is not None
-            and state.origin is not None
-            and state.origin.same_message(message.source, message.message_id)
+        return state.origin is not None and state.origin.same_message(
+            message.source, message.message_id
         )
 
     @staticmethod
