@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import threading
 import time
 from typing import Any
 
 from cloudevents.sdk.event import v1
 
+from worker.__main__ import serve
 from worker.config import load_settings
 from worker.service import WorkerService
 
@@ -57,15 +57,9 @@ def main() -> None:
             (settings.pubsub_name, NOOP_TOPIC): on_noop,
         },
     )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
-        service.start()
-        print("worker ready", flush=True)
-        stop.wait()
+        serve(service, on_ready=lambda: print("worker ready", flush=True))
     finally:
-        service.stop()
         sink.close()
 
 

@@ -7,35 +7,44 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from worker.config import load_settings
 from worker.service import WorkerService
+
+log = logging.getLogger("worker")
 
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # Take SIGTERM/SIGINT synchronously in the main thread (sigwait), blocked everywhere else:
-    # no handler runs at an arbitrary point of some thread's work. Threads inherit this mask,
-    # so it must come before any thread starts.
-    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     settings = load_settings(sys.argv[1:] if argv is None else argv)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("worker")  # the SDK's loggers have handlers of their own
-    root.addHandler(handler)
-    root.setLevel(settings.log_level.upper())
-    root.propagate = False
-    service = WorkerService(settings)
+    log.addHandler(handler)  # the worker's loggers; the SDK's have handlers of their own
+    log.setLevel(settings.log_level.upper())
+    log.propagate = False
+    serve(WorkerService(settings))
+    return 0
+
+
+def serve(service: WorkerService, on_ready: Callable[[], None] | None = None) -> None:
+    """Start ``service``, run until SIGTERM or SIGINT, then stop it.
+
+    The signals are taken synchronously in this (main) thread with sigwait, and blocked in
+    every other thread: no handler runs at an arbitrary point of some thread's work. Threads
+    inherit the mask, so call this before anything starts a thread.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
         service.start()
+        if on_ready is not None:
+            on_ready()
         received = signal.sigwait(_STOP_SIGNALS)
-        root.info("received %s: shutting down", signal.Signals(received).name)
+        log.info("received %s: shutting down", signal.Signals(received).name)
     finally:
         service.stop()
         _exit_soon_even_if_sdk_threads_linger()
-    return 0
 
 
 def _exit_soon_even_if_sdk_threads_linger(seconds: float = 10.0) -> None:
@@ -43,7 +52,7 @@ def _exit_soon_even_if_sdk_threads_linger(seconds: float = 10.0) -> None:
     alive; exit anyway after ``seconds`` (a normal exit ends this daemon timer first)."""
 
     def force() -> None:
-        logging.getLogger("worker").warning("SDK threads still running: exiting anyway")
+        log.warning("SDK threads still running: exiting anyway")
         logging.shutdown()
         os._exit(0)
 
