@@ -9,6 +9,7 @@ also when a test fails; a failing test prints the logs of every process.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import threading
 import time
@@ -281,6 +282,18 @@ def start_worker(
     proc = stack.start_worker(sidecar, name=name or app_id, env=worker_env)
     client = DaprWorkflowClient(host="127.0.0.1", port=str(sidecar.grpc_port))
     return Worker(sidecar, proc, client, topic_prefix, worker_env)
+
+
+@contextlib.contextmanager
+def private_worker(stack: devstack.Stack, name: str) -> Iterator[Worker]:
+    """A worker of its own for one test: app-id ``<name>-worker``, topics ``<name>.workflow.*``
+    (the prefix must be in TOPIC_PREFIXES); stopped, with its sidecar, at the end."""
+    assert f"{name}." in TOPIC_PREFIXES, f"add {name}. to TOPIC_PREFIXES"
+    running = start_worker(stack, f"{name}-worker", topic_prefix=f"{name}.")
+    try:
+        yield running
+    finally:
+        running.stop()
 
 
 def restart_worker(stack: devstack.Stack, worker: Worker, name: str) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from scripts import devstack
-from tests.integration.conftest import Observer, Worker, start_worker, unique
+from tests.integration.conftest import Observer, Worker, private_worker, unique
 
 
 def _start_counter(worker: Worker, observer: Observer, topic_prefix: str = "") -> str:
@@ -189,9 +189,8 @@ def test_malformed_payloads_are_rejected(
 @pytest.fixture(scope="module")
 def purge_worker(stack: devstack.Stack, observer: Observer) -> Iterator[Worker]:
     """A worker of its own (own app-id and topics), so bulk purges see only this test's work."""
-    running = start_worker(stack, "purge-worker", topic_prefix="purge.")
-    yield running
-    running.stop()
+    with private_worker(stack, "purge") as running:
+        yield running
 
 
 def test_bulk_purge_by_status_and_by_age(purge_worker: Worker, observer: Observer) -> None:

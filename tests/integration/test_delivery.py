@@ -23,6 +23,7 @@ from scripts import devstack
 from tests.integration.conftest import (
     Observer,
     Worker,
+    private_worker,
     restart_sidecar,
     restart_worker,
     start_worker,
@@ -446,9 +447,8 @@ def test_redelivery_storm_ends_as_if_delivered_once(worker: Worker, observer: Ob
 
 @pytest.fixture
 def term_worker(stack: devstack.Stack, observer: Observer) -> Iterator[Worker]:
-    running = start_worker(stack, "term-worker", topic_prefix="term.")
-    yield running
-    running.stop()
+    with private_worker(stack, "term") as running:
+        yield running
 
 
 def test_sigterm_with_messages_in_flight_loses_nothing(

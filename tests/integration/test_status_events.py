@@ -9,7 +9,13 @@ from collections.abc import Iterator
 import pytest
 
 from scripts import devstack
-from tests.integration.conftest import Observer, Worker, restart_worker, start_worker, unique
+from tests.integration.conftest import (
+    Observer,
+    Worker,
+    private_worker,
+    restart_worker,
+    unique,
+)
 from tests.integration.test_approval import worker_history
 
 
@@ -136,9 +142,8 @@ def test_oversized_output_is_truncated_not_dropped(worker: Worker, observer: Obs
 @pytest.fixture
 def kill_worker(stack: devstack.Stack, observer: Observer) -> Iterator[Worker]:
     """A worker of its own, to be killed."""
-    running = start_worker(stack, "kill-worker", topic_prefix="kill.")
-    yield running
-    running.stop()
+    with private_worker(stack, "kill") as running:
+        yield running
 
 
 def test_completion_is_published_after_a_sigkill(
