@@ -100,6 +100,18 @@ class Settings(BaseSettings):
             "1.18.2's re-registration race window (about a second)."
         ),
     )
+    echo_status: bool = Field(
+        default=False,
+        description="Also log one compact line per published status event (logger "
+        "worker.status): a way to watch the status topic without a consumer of your own.",
+    )
+    unknown_instance_grace_seconds: float = Field(
+        default=180.0,
+        ge=0,
+        description="An approval or control message for an instance that does not exist "
+        "(yet) is parked and retried for this long before it is rejected: it may have been "
+        "published right after the start that creates the instance.",
+    )
     log_level: str = "INFO"
     sdk_log_level: str = Field(
         default="WARNING", description="Log level of the Dapr SDK's workflow client and runtime."

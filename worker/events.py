@@ -9,11 +9,21 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
 
 EVENT_TYPE_PREFIX = "io.github.dapr-workflow-worker.v1."
 _ID_NAMESPACE = uuid.UUID("6f1c9f2e-4c1a-4b57-9a8e-5f0a6a3c2d10")
+
+
+def as_utc(value: datetime) -> datetime:
+    """``value`` in UTC with an explicit offset; a naive time (the SDK's) is taken as UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+UtcTime = Annotated[datetime, AfterValidator(as_utc)]
+"""A time that is always published as RFC 3339 with an offset (``...+00:00``)."""
 
 
 class EventType(StrEnum):
@@ -75,9 +85,14 @@ class StatusEvent(BaseModel):
         default=None, description="Runtime status after the change (RUNNING, COMPLETED, ...)."
     )
     previous_status: str | None = Field(default=None, description="Status before, where known.")
-    created_at: datetime | None = None
-    last_updated_at: datetime | None = None
-    occurred_at: datetime = Field(description="When the worker saw the change.")
+    created_at: UtcTime | None = Field(default=None, description="When the instance was created.")
+    last_updated_at: UtcTime | None = Field(
+        default=None, description="When the sidecar last updated the instance, where known."
+    )
+    occurred_at: UtcTime = Field(
+        description="When the change took effect (UTC, the worker's clock). One instance's "
+        "events sorted by occurred_at are in the order the changes happened: order by it."
+    )
     output: JsonValue = Field(default=None, description="Workflow output (completed, state).")
     input: JsonValue = Field(default=None, description="Workflow input (state).")
     custom_status: JsonValue = None

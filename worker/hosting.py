@@ -29,7 +29,7 @@ from dapr.ext.workflow import (
 )
 from dapr.ext.workflow.logger import LoggerOptions
 
-from worker.events import EventType, FailureInfo, StatusEvent, stable_event_id
+from worker.events import EventType, FailureInfo, StatusEvent, now, stable_event_id
 from worker.origin import Origin, unwrap
 from worker.publisher import Outbound, StatusPublisher
 
@@ -77,7 +77,7 @@ def _report(
     event = StatusEvent(
         instance_id=ctx.instance_id,
         workflow=workflow,
-        occurred_at=ctx.current_utc_datetime,
+        occurred_at=ctx.current_utc_datetime,  # a placeholder: the activity stamps the time
         **fields,
     )
     event_id = stable_event_id(ctx.instance_id, run, event.event.value)
@@ -191,6 +191,12 @@ def build_runtime(
     runtime = WorkflowRuntime(logger_options=LoggerOptions(log_level=sdk_log_level.upper()))
 
     def report_status(ctx: WorkflowActivityContext, record: dict[str, Any]) -> None:
+        # Stamped here, when the change has happened, not with the workflow's replay clock
+        # (which is its start time on replay): occurred_at then orders an instance's events.
+        outbound = Outbound.from_record(record)
+        outbound = Outbound(
+            outbound.event_id, outbound.event.model_copy(update={"occurred_at": now()})
+        )
         after: dict[str, str] | None = record.get("after")
         if after is not None and start_handled is not None:
             # The start message may still be in its handler, its `started` about to go out:
@@ -200,7 +206,7 @@ def build_runtime(
                 if time.monotonic() > deadline:
                     raise StartNotReportedYet(f"`started` of {after['message_id']} not out yet")
                 time.sleep(0.02)
-        publisher.publish(Outbound.from_record(record))
+        publisher.publish(outbound)
 
     runtime.register_activity(report_status, name=REPORT_ACTIVITY)
     registry = WorkflowRegistry(runtime)

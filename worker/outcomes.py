@@ -25,6 +25,16 @@ class Rejected(Exception):
         self.workflow = workflow
 
 
+class Missing(Exception):
+    """The instance a message is about does not exist, or not yet: it may be started in a
+    moment (the start was published just before). The pipeline parks the message for a grace
+    period, then rejects it."""
+
+    def __init__(self, instance_id: str) -> None:
+        super().__init__(f"unknown instance {instance_id}")
+        self.instance_id = instance_id
+
+
 class Transient(Exception):
     """A fault that may pass (sidecar down, deadline, overload): ask for redelivery."""
 

@@ -9,15 +9,20 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
+from cloudevents.conversion import to_json
+from cloudevents.http import CloudEvent
 
 from worker.config import Settings
 from worker.events import EventType, StatusEvent
 from worker.outcomes import Transient
 
 log = logging.getLogger(__name__)
+echo = logging.getLogger("worker.status")  # one compact line per published event (echo_status)
 
 # A cut field keeps a preview of this share of the limit; five such fields fit in it.
 _PREVIEW_SHARE = 8
+# Room in the limit for the CloudEvent's attributes and the fields the sidecar adds.
+_ENVELOPE_BYTES = 1_024
 
 
 @dataclass(frozen=True)
@@ -91,28 +96,64 @@ class StatusPublisher:
         if not self.wanted(event):
             return
         subject = event.instance_id or ""
-        metadata = {
-            "cloudevent.id": outbound.event_id,
-            "cloudevent.type": event.cloudevent_type(),
-            "cloudevent.source": self._settings.app_id,
-        }
-        if subject:
-            metadata["cloudevent.subject"] = subject
-            metadata["partitionKey"] = subject
         try:
             self._client.publish_event(
                 pubsub_name=self._settings.pubsub_name,
                 topic_name=self._settings.status_topic,
-                data=_shrink(event, self._settings.max_status_payload_bytes),
-                data_content_type="application/json",
-                publish_metadata=metadata,
+                data=self.cloudevent(outbound),
+                data_content_type="application/cloudevents+json",
+                # Broker metadata, for brokers that partition (Kafka, Event Hubs); consumers
+                # read the same key from the CloudEvent's `partitionkey` extension.
+                publish_metadata={"partitionKey": subject} if subject else {},
             )
         except grpc.RpcError as error:
             raise Transient(f"publish {event.event} for {subject}: {error}") from error
+        if self._settings.echo_status:
+            echo.info(compact(event))
+
+    def cloudevent(self, outbound: Outbound) -> bytes:
+        """The whole CloudEvent, structured: the sidecar passes it on as it is (adding only
+        its own trace and topic fields), so consumers get every attribute below."""
+        event = outbound.event
+        attributes = {
+            "id": outbound.event_id,
+            "type": event.cloudevent_type(),
+            "source": self._settings.app_id,
+            "datacontenttype": "application/json",
+            "time": event.occurred_at.isoformat(),
+        }
+        if event.instance_id:
+            attributes["subject"] = event.instance_id
+            attributes["partitionkey"] = event.instance_id  # CloudEvents partitioning extension
+        limit = self._settings.max_status_payload_bytes - _ENVELOPE_BYTES
+        data = json.loads(_shrink(event, limit))
+        return bytes(to_json(CloudEvent(attributes, data)))
 
     def publish_all(self, events: Iterable[Outbound]) -> None:
         for outbound in events:
             self.publish(outbound)
+
+
+def compact(event: StatusEvent) -> str:
+    """One short line for a terminal: time, instance, event, status, and what matters."""
+    parts = [
+        event.occurred_at.strftime("%H:%M:%S.%f")[:-3],
+        event.event.value,
+        event.instance_id or "-",
+    ]
+    if event.status:
+        parts.append(event.status)
+    if event.workflow:
+        parts.append(f"workflow={event.workflow}")
+    if event.event_name:
+        parts.append(f"event_name={event.event_name}")
+    if event.count is not None:
+        parts.append(f"count={event.count}")
+    if event.failure is not None:
+        parts.append(f"failure={event.failure.message[:120]!r}")
+    if event.reason:
+        parts.append(f"reason={event.reason[:160]!r}")
+    return "status " + " ".join(parts)
 
 
 ALL_EVENT_TYPES = frozenset(EventType)

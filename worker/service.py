@@ -1,19 +1,26 @@
 """Starts and stops the worker's parts in the right order.
 
-Start: clients -> gRPC app listening -> WorkflowRuntime (it needs the sidecar, and the sidecar
-waits for the app's port). Stop (SIGTERM/SIGINT): stop taking messages, let in-flight ones
-finish (bounded), stop the runtime, stop the app.
+Start: clients -> gRPC app listening (and healthy, so that the sidecar turns its subscriptions
+on at its first probe) -> WorkflowRuntime (it needs the sidecar, and the sidecar waits for the
+app's port) -> "worker ready" once the sidecar delivers: a message published after that line is
+never lost. Stop (SIGTERM/SIGINT): stop taking messages, let in-flight ones finish (bounded),
+stop the runtime, stop the app.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Mapping
 
 from dapr.clients import DaprClient
+from dapr.clients.grpc._response import TopicEventResponseStatus
+from dapr.conf import settings as dapr_settings
 from dapr.ext.grpc import App
 from dapr.ext.workflow import WorkflowRuntime
 
@@ -22,10 +29,12 @@ from worker.config import Settings
 from worker.gateway import WorkflowGateway
 from worker.handlers.approval import ApprovalHandler
 from worker.handlers.control import ControlHandler
+from worker.handlers.inbound import Inbound
 from worker.handlers.pipeline import Pipeline, TopicHandler
 from worker.handlers.start import StartHandler
 from worker.hosting import build_runtime
 from worker.idempotency import IdempotencyStore, message_key
+from worker.parking import ParkingLot
 from worker.publisher import StatusPublisher
 
 log = logging.getLogger(__name__)
@@ -42,6 +51,30 @@ def _wait_for_port(port: int, deadline_seconds: float) -> None:
     raise TimeoutError(f"the gRPC app did not listen on port {port}")
 
 
+def _sidecar_probes_app() -> float | None:
+    """The sidecar's app-health probe interval in seconds, or None when it does not probe
+    (then its subscriptions are on from its start)."""
+    url = f"http://{dapr_settings.DAPR_RUNTIME_HOST}:{dapr_settings.DAPR_HTTP_PORT}/v1.0/metadata"
+    headers = (
+        {"dapr-api-token": dapr_settings.DAPR_API_TOKEN} if dapr_settings.DAPR_API_TOKEN else {}
+    )
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as r:
+            metadata = json.load(r)
+    except (OSError, ValueError) as error:
+        log.warning("could not read the sidecar's metadata (%s): assuming it probes", error)
+        return 5.0
+    health = (metadata.get("appConnectionProperties") or {}).get("health")
+    if not health:
+        return None
+    interval = re.fullmatch(r"(\d+(?:\.\d+)?)s", str(health.get("healthProbeInterval", "")))
+    return float(interval.group(1)) if interval else 5.0
+
+
+# After the sidecar's first healthy probe it starts its subscriptions in the background.
+_SUBSCRIBE_SETTLE_SECONDS = 0.3
+
+
 class WorkerService:
     def __init__(
         self,
@@ -51,7 +84,10 @@ class WorkerService:
         self.settings = settings
         self._extra_subscriptions = extra_subscriptions
         self._ready = threading.Event()
+        self._acting = threading.Event()  # the workflow runtime is connected
+        self._probed = threading.Event()  # the sidecar's health probe was answered healthy
         self._stopped = threading.Event()
+        self._parking_thread: threading.Thread | None = None
         self._app: App | None = None
         self._runtime: WorkflowRuntime | None = None
         self._server_thread: threading.Thread | None = None
@@ -77,15 +113,22 @@ class WorkerService:
         allowed = registry.workflow_names
         if s.allowed_workflows is not None:
             allowed = s.allowed_workflows
-        self._pipeline = Pipeline(store, publisher, s.max_transient_attempts, s.max_message_bytes)
+        parking = ParkingLot(self._dapr, s.state_store, s.idempotency_ttl_seconds)
+        self._pipeline = Pipeline(
+            store,
+            publisher,
+            s.max_transient_attempts,
+            s.max_message_bytes,
+            parking=parking,
+            grace_seconds=s.unknown_instance_grace_seconds,
+            ready=self._acting,
+        )
         handlers: dict[str, TopicHandler] = {
             s.start_topic: StartHandler(self._gateway, allowed),
             s.approval_topic: ApprovalHandler(self._gateway),
             s.control_topic: ControlHandler(self._gateway),
         }
-        self._app = build_app(
-            s, self._pipeline, handlers, self._ready.is_set, self._extra_subscriptions
-        )
+        self._app = build_app(s, self._pipeline, handlers, self._healthy, self._extra_subscriptions)
         app = self._app
         self._server_thread = threading.Thread(
             target=app.run, args=(s.app_port,), name="grpc-app", daemon=True
@@ -95,8 +138,41 @@ class WorkerService:
         log.info("gRPC app listening on %d; starting the workflow runtime", s.app_port)
         runtime.start()
         self._runtime = runtime
+        self._acting.set()
+        pipeline = self._pipeline
+
+        def retry_parked(message: Inbound) -> None:
+            response = pipeline.handle(handlers[message.topic], message)
+            if response.status is not TopicEventResponseStatus.retry:
+                parking.unpark(message_key(message.topic, message.source, message.message_id))
+
+        self._parking_thread = threading.Thread(
+            target=parking.run, args=(retry_parked, self._stopped), name="parked", daemon=True
+        )
+        self._parking_thread.start()
+        self._wait_until_delivering()
         self._ready.set()
         log.info("worker ready: workflows %s; topics %s", registry.workflow_names, list(handlers))
+
+    def _healthy(self) -> bool:
+        """The app-health probe: healthy from the moment the app listens until shutdown, so the
+        sidecar turns its subscriptions on at once (messages that come before the workflow
+        runtime is connected wait for it in the pipeline)."""
+        if self._stopped.is_set():
+            return False
+        self._probed.set()
+        return True
+
+    def _wait_until_delivering(self) -> None:
+        """Return once the sidecar delivers messages to this app. A sidecar that probes the
+        app's health subscribes only after a healthy probe; one that does not, at its start."""
+        interval = _sidecar_probes_app()
+        if interval is None:
+            return
+        if not self._probed.wait(2 * interval + 5):
+            log.warning("the sidecar has not probed the app's health yet; carrying on")
+            return
+        time.sleep(_SUBSCRIBE_SETTLE_SECONDS)
 
     def stop(self) -> None:
         """Drain and stop; safe to call more than once."""
@@ -104,6 +180,7 @@ class WorkerService:
             return
         self._stopped.set()
         self._ready.clear()
+        self._acting.clear()
         if self._pipeline is not None:
             self._pipeline.in_flight.draining = True
             if not self._pipeline.in_flight.wait_idle(self.settings.shutdown_grace_seconds):

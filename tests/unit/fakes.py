@@ -124,11 +124,13 @@ class FakePublishClient:
     ) -> None:
         if self.error is not None:
             raise self.error
+        assert data_content_type == "application/cloudevents+json", data_content_type
         self.calls.append(
             {
                 "pubsub_name": pubsub_name,
                 "topic_name": topic_name,
                 "data": data,
+                "cloudevent": json.loads(data),  # structured: attributes and data
                 "publish_metadata": dict(publish_metadata or {}),
                 "data_content_type": data_content_type,
             }
@@ -137,13 +139,13 @@ class FakePublishClient:
     def bodies(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         for call in self.calls:
-            loaded = json.loads(call["data"])
+            loaded = call["cloudevent"]["data"]
             assert isinstance(loaded, dict)
             out.append(loaded)
         return out
 
     def event_ids(self) -> list[str]:
-        return [call["publish_metadata"]["cloudevent.id"] for call in self.calls]
+        return [call["cloudevent"]["id"] for call in self.calls]
 
 
 # --- workflow gateway ----------------------------------------------------------------------

@@ -11,7 +11,7 @@ from worker.events import EventType
 from worker.gateway import WorkflowGateway
 from worker.handlers.approval import ApprovalHandler
 from worker.idempotency import Begin, Claim
-from worker.outcomes import Rejected
+from worker.outcomes import Missing, Rejected
 
 CLAIM = Claim(Begin.NEW, "key")
 
@@ -53,10 +53,11 @@ def test_custom_event_name(handler: ApprovalHandler, gateway: FakeGateway) -> No
     assert gateway.mutations() == [("raise_event", "order-1", "cancel", None)]
 
 
-def test_unknown_instance_is_rejected(handler: ApprovalHandler, gateway: FakeGateway) -> None:
-    with pytest.raises(Rejected) as info:
+def test_unknown_instance_is_missing(handler: ApprovalHandler, gateway: FakeGateway) -> None:
+    """Not rejected here: the pipeline parks it, as its start may be just behind it."""
+    with pytest.raises(Missing) as info:
         handler.handle(inbound({"instance_id": "ghost", "data": True}), CLAIM)
-    assert "unknown instance ghost" in info.value.reason
+    assert info.value.instance_id == "ghost"
     assert gateway.mutations() == []
 
 

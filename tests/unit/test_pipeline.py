@@ -117,14 +117,12 @@ def test_redelivery_after_success_republishes_without_handling(harness: Harness)
     handler = FakeHandler()
     assert harness.deliver(handler, cloud_event()) == "success"
     first_ids = harness.pubsub.event_ids()
-    first_types = [c["publish_metadata"]["cloudevent.type"] for c in harness.pubsub.calls]
+    first_types = [c["cloudevent"]["type"] for c in harness.pubsub.calls]
 
     assert harness.deliver(handler, cloud_event()) == "success"
     assert len(handler.calls) == 1  # not handled a second time
     assert harness.pubsub.event_ids() == first_ids + first_ids
-    assert [c["publish_metadata"]["cloudevent.type"] for c in harness.pubsub.calls[2:]] == (
-        first_types
-    )
+    assert [c["cloudevent"]["type"] for c in harness.pubsub.calls[2:]] == (first_types)
 
 
 def test_same_message_id_from_another_source_is_a_new_message(harness: Harness) -> None:
@@ -157,9 +155,9 @@ def test_rejected_is_dropped_with_a_rejection_event(harness: Harness) -> None:
     assert harness.deliver(handler, cloud_event(message_id="msg-42")) == "drop"
 
     [call] = harness.pubsub.calls
-    assert call["publish_metadata"]["cloudevent.type"] == EVENT_TYPE_PREFIX + "rejected"
-    assert call["publish_metadata"]["cloudevent.subject"] == "order-1"
-    body = json.loads(call["data"])
+    assert call["cloudevent"]["type"] == EVENT_TYPE_PREFIX + "rejected"
+    assert call["cloudevent"]["subject"] == "order-1"
+    body = call["cloudevent"]["data"]
     assert body["event"] == "rejected"
     assert body["correlation_id"] == "msg-42"
     assert body["reason"] == "cannot suspend order-1: instance is COMPLETED"

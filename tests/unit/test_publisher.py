@@ -42,15 +42,20 @@ def test_publishes_cloudevent_metadata_and_json() -> None:
     call = client.calls[0]
     assert call["pubsub_name"] == "bus"
     assert call["topic_name"] == "wf.status"
-    assert call["data_content_type"] == "application/json"
-    assert call["publish_metadata"] == {
-        "cloudevent.id": "evt-1",
-        "cloudevent.type": EVENT_TYPE_PREFIX + "started",
-        "cloudevent.source": "my-worker",
-        "cloudevent.subject": "order-1",
-        "partitionKey": "order-1",
+    assert call["data_content_type"] == "application/cloudevents+json"
+    envelope = call["cloudevent"]
+    assert {k: v for k, v in envelope.items() if k != "data"} == {
+        "specversion": "1.0",
+        "id": "evt-1",
+        "type": EVENT_TYPE_PREFIX + "started",
+        "source": "my-worker",
+        "subject": "order-1",
+        "partitionkey": "order-1",
+        "datacontenttype": "application/json",
+        "time": _WHEN.isoformat(),
     }
-    body = json.loads(call["data"])
+    assert call["publish_metadata"] == {"partitionKey": "order-1"}
+    body = call["cloudevent"]["data"]
     assert body["event"] == "started"
     assert body["instance_id"] == "order-1"
     assert body["workflow"] == "approval_workflow"
@@ -64,17 +69,18 @@ def test_publishes_cloudevent_metadata_and_json() -> None:
 def test_event_without_instance_has_no_subject_or_partition_key() -> None:
     publisher, client = _publisher(app_id="w")
     publisher.publish(Outbound("evt-2", _event(EventType.PURGED, instance_id=None, count=3)))
-    meta = client.calls[0]["publish_metadata"]
-    assert "cloudevent.subject" not in meta
-    assert "partitionKey" not in meta
-    assert meta["cloudevent.type"] == EVENT_TYPE_PREFIX + "purged"
-    assert json.loads(client.calls[0]["data"])["count"] == 3
+    envelope = client.calls[0]["cloudevent"]
+    assert "subject" not in envelope
+    assert "partitionkey" not in envelope
+    assert "partitionKey" not in client.calls[0]["publish_metadata"]
+    assert envelope["type"] == EVENT_TYPE_PREFIX + "purged"
+    assert client.calls[0]["cloudevent"]["data"]["count"] == 3
 
 
 def test_all_events_published_by_default() -> None:
     publisher, client = _publisher(app_id="w")
     publisher.publish_all(Outbound(f"id-{e.value}", _event(e)) for e in EventType)
-    assert [c["publish_metadata"]["cloudevent.type"] for c in client.calls] == [
+    assert [c["cloudevent"]["type"] for c in client.calls] == [
         EVENT_TYPE_PREFIX + e.value for e in EventType
     ]
 
@@ -119,7 +125,7 @@ def test_large_payload_is_truncated_below_the_limit() -> None:
     data = client.calls[0]["data"]
     assert isinstance(data, bytes)
     assert len(data) <= limit
-    body = json.loads(data)
+    body = json.loads(data)["data"]
     assert body["truncated"] is True
     assert body["event"] == "completed"
     assert body["instance_id"] == "order-1"
@@ -144,7 +150,7 @@ def test_truncation_cuts_every_bulky_field() -> None:
     publisher.publish(Outbound("big", _bulky_failure()))
     data = client.calls[0]["data"]
     assert len(data) < 10_000
-    body = json.loads(data)
+    body = json.loads(data)["data"]
     assert body["truncated"] is True
     assert body["failure"]["type"] == "ValueError"
     assert "stack_trace" not in body["failure"]
@@ -165,7 +171,7 @@ def test_payload_below_the_limit_is_left_alone() -> None:
     publisher, client = _publisher(app_id="w", max_status_payload_bytes=240_000)
     output = {"items": list(range(1_000))}
     publisher.publish(Outbound("ok", _event(EventType.COMPLETED, output=output)))
-    body = json.loads(client.calls[0]["data"])
+    body = client.calls[0]["cloudevent"]["data"]
     assert body["truncated"] is False
     assert body["output"] == output
 

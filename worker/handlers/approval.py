@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from worker.events import EventType
+from worker.events import EventType, now
 from worker.gateway import WorkflowGateway
 from worker.handlers.inbound import Inbound, parse
 from worker.handlers.report import report
 from worker.idempotency import Claim
 from worker.messages import RaiseEvent
-from worker.outcomes import Rejected
+from worker.outcomes import Missing, Rejected
 from worker.publisher import Outbound
 
 
@@ -20,9 +20,7 @@ class ApprovalHandler:
         request: RaiseEvent = parse(message, RaiseEvent)
         state = self._gateway.get_state(request.instance_id, payloads=False)
         if state is None:
-            raise Rejected(
-                f"unknown instance {request.instance_id}", instance_id=request.instance_id
-            )
+            raise Missing(request.instance_id)  # perhaps not started yet: parked a while
         if state.is_terminal:
             raise Rejected(
                 f"instance {request.instance_id} already finished ({state.status}); "
@@ -31,6 +29,7 @@ class ApprovalHandler:
                 instance_id=state.instance_id,
                 workflow=state.workflow,
             )
+        at = now()
         self._gateway.raise_event(request.instance_id, request.event_name, request.data)
         return [
             report(
@@ -38,6 +37,7 @@ class ApprovalHandler:
                 EventType.EVENT_RAISED,
                 request.instance_id,
                 state=state,
+                at=at,
                 event_name=request.event_name,
             )
         ]

@@ -14,7 +14,7 @@ from worker.handlers.inbound import Inbound, parse
 from worker.handlers.report import report
 from worker.idempotency import Begin, Claim
 from worker.messages import ControlAction, Purge, Query, Resume, Suspend, Terminate, control_adapter
-from worker.outcomes import Rejected
+from worker.outcomes import Missing, Rejected
 from worker.publisher import Outbound
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class ControlHandler:
     def _existing(self, instance_id: str, *, payloads: bool = False) -> InstanceState:
         state = self._gateway.get_state(instance_id, payloads=payloads)
         if state is None:
-            raise Rejected(f"unknown instance {instance_id}", instance_id=instance_id)
+            raise Missing(instance_id)  # perhaps not started yet: parked a while
         return state
 
     def _change(
@@ -136,7 +136,7 @@ class ControlHandler:
         if state is None:
             if taken_over and change is PURGE:  # an earlier delivery purged it, then died
                 return [report(message, change.event, instance_id, status=change.target)]
-            raise Rejected(f"unknown instance {instance_id}", instance_id=instance_id)
+            raise Missing(instance_id)  # perhaps not started yet: parked a while
         if state.status not in change.allowed_from:
             if taken_over and state.status == change.target:  # done before a crash
                 return [
@@ -156,6 +156,7 @@ class ControlHandler:
                 instance_id=instance_id,
                 workflow=state.workflow,
             )
+        at = now()
         call()
         return [
             report(
@@ -165,6 +166,7 @@ class ControlHandler:
                 state=state,
                 status=change.target,
                 previous_status=state.status,
+                at=at,
                 **fields,
             )
         ]
@@ -183,6 +185,7 @@ class ControlHandler:
                 state.created_at is None or _aware(state.created_at) > cutoff
             ):
                 continue
+            at = now()
             try:
                 self._gateway.purge(instance_id, request.recursive)
             except Rejected as error:  # gone meanwhile: someone else purged it
@@ -196,6 +199,7 @@ class ControlHandler:
                     state=state,
                     status="PURGED",
                     previous_status=state.status,
+                    at=at,
                 )
             )
         summary = report(

@@ -25,6 +25,7 @@ class Inbound:
     source: str
     content_type: str
     data: bytes
+    first_seen: float | None = None  # epoch seconds; set when it comes from the parking lot
 
     def describe(self) -> str:
         return f"message {self.message_id} from {self.source or '?'} on {self.topic}"

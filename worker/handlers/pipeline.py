@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections import OrderedDict
 from typing import Protocol
 
@@ -18,13 +19,17 @@ from dapr.clients.grpc._response import TopicEventResponse
 from worker.events import EventType, StatusEvent, now, stable_event_id
 from worker.handlers.inbound import Inbound
 from worker.idempotency import Begin, Claim, IdempotencyStore, message_key
-from worker.outcomes import Rejected, Transient
+from worker.outcomes import Missing, Rejected, Transient
+from worker.parking import ParkingLot
 from worker.publisher import Outbound, StatusPublisher
 
 log = logging.getLogger(__name__)
 audit = logging.getLogger("worker.audit")
 
 _ATTEMPTS_REMEMBERED = 10_000
+# A message that arrives before the worker is ready waits this long, then is redelivered.
+_READY_WAIT_SECONDS = 5.0
+_STARTS = frozenset({EventType.STARTED, EventType.SCHEDULED})
 
 
 class TopicHandler(Protocol):
@@ -87,11 +92,21 @@ class Pipeline:
         publisher: StatusPublisher,
         max_transient_attempts: int,
         max_message_bytes: int = 1_000_000,
+        *,
+        parking: ParkingLot | None = None,
+        grace_seconds: float = 0.0,
+        ready: threading.Event | None = None,
     ) -> None:
+        """``parking``/``grace_seconds``: where a message for an instance that does not exist
+        yet waits, and for how long (see `worker.parking`). ``ready``: set once the worker
+        can act on messages (its workflow runtime is connected)."""
         self._store = store
         self._publisher = publisher
         self._max_bytes = max_message_bytes
         self._max_attempts = max_transient_attempts
+        self._parking = parking
+        self._grace = grace_seconds
+        self._ready = ready
         self._attempts: OrderedDict[str, int] = OrderedDict()
         self._lock = threading.Lock()
         self.in_flight = InFlight()
@@ -99,6 +114,8 @@ class Pipeline:
     def __call__(self, topic: str, handler: TopicHandler, event: v1.Event) -> TopicEventResponse:
         if self.in_flight.draining:
             return TopicEventResponse("retry")  # shutting down: let another replica have it
+        if self._ready is not None and not self._ready.wait(_READY_WAIT_SECONDS):
+            return TopicEventResponse("retry")  # still starting: the sidecar redelivers it
         message = Inbound(
             topic=topic,
             message_id=str(event.EventID() or ""),
@@ -106,6 +123,11 @@ class Pipeline:
             content_type=str(event.ContentType() or ""),
             data=_as_bytes(event.Data()),
         )
+        return self.handle(handler, message)
+
+    def handle(self, handler: TopicHandler, message: Inbound) -> TopicEventResponse:
+        """Run ``message`` through the line. A message retried from the parking lot answers
+        `retry` while it still waits for its instance."""
         with self.in_flight:
             return self._run(handler, message)
 
@@ -137,6 +159,16 @@ class Pipeline:
                     f"message is {len(message.data)} bytes; the limit is {self._max_bytes}"
                 )
             events = handler.handle(message, claim)
+        except Missing as error:
+            first_seen = message.first_seen if message.first_seen is not None else time.time()
+            waited = time.time() - first_seen
+            if self._parking is not None and waited < self._grace:
+                return self._park(key, message, first_seen, error)
+            reason = str(error)
+            if self._parking is not None and self._grace > 0:
+                reason += f" (waited {waited:.0f}s for it to be started)"
+            events = [rejection(message, reason, instance_id=error.instance_id)]
+            status = "drop"
         except Rejected as error:
             events = [
                 rejection(
@@ -180,7 +212,30 @@ class Pipeline:
             return TopicEventResponse("retry")
         self._forget_attempts(key)
         self._audit(message, events, status)
+        if self._parking is not None and any(o.event.event in _STARTS for o in events):
+            self._parking.nudge()  # a parked message may have waited for this instance
         return TopicEventResponse(status)
+
+    def _park(
+        self, key: str, message: Inbound, first_seen: float, missing: Missing
+    ) -> TopicEventResponse:
+        """Keep a message whose instance does not exist yet, and free its delivery."""
+        assert self._parking is not None
+        self._store.release(key)
+        if message.first_seen is not None:  # already parked: it waits on
+            return TopicEventResponse("retry")
+        try:
+            self._parking.park(key, message, first_seen)
+        except Transient as error:
+            log.warning("retry %s: %s", message.describe(), error)
+            return TopicEventResponse("retry")
+        log.info(
+            "parked %s: %s; trying again for up to %.0fs",
+            message.describe(),
+            missing,
+            self._grace,
+        )
+        return TopicEventResponse("success")
 
     def _count_attempt(self, key: str) -> int:
         with self._lock:

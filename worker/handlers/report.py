@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from worker.events import EventType, FailureInfo, StatusEvent, now, stable_event_id
@@ -19,9 +20,15 @@ def report(
     state: InstanceState | None = None,
     status: str | None = None,
     previous_status: str | None = None,
+    at: datetime | None = None,
     **fields: Any,
 ) -> Outbound:
-    """A status event caused by ``message``; its id is stable for (message, event, instance)."""
+    """A status event caused by ``message``; its id is stable for (message, event, instance).
+
+    ``at``: when the change took effect. Handlers take it after their state check and just
+    before the sidecar call that makes the change, so it falls after every change the check
+    saw and before anything the workflow does in reaction (default: now).
+    """
     if state is not None:
         fields.setdefault("workflow", state.workflow)
         fields.setdefault("created_at", state.created_at)
@@ -35,7 +42,7 @@ def report(
         instance_id=instance_id,
         status=status or (state.status if state else None),
         previous_status=previous_status,
-        occurred_at=now(),
+        occurred_at=at or now(),
         correlation_id=message.message_id,
         **fields,
     )

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 
-from worker.events import EventType, now
+from worker.events import EventType, as_utc, now
 from worker.gateway import InstanceState, WorkflowGateway
 from worker.handlers.inbound import Inbound, parse
 from worker.handlers.report import report
@@ -31,7 +31,7 @@ def _undecided(state: InstanceState) -> bool:
     created = state.created_at
     if created is None:
         return True
-    created = created.replace(tzinfo=UTC) if created.tzinfo is None else created
+    created = as_utc(created)
     return created < _NO_TIME or now() - created < _UNDECIDED_FOR
 
 
@@ -62,6 +62,7 @@ class StartHandler:
             # An earlier delivery started it and its answer was lost: report again.
             return self._reports(message, request, instance_id, existing.created_at)
         origin = Origin(message.source, message.message_id, report_start=self._delayed(request))
+        at = now()  # before the start: everything the instance does comes after it
         try:
             self._gateway.start(
                 request.workflow, instance_id, origin.wrap(request.input), request.start_at
@@ -73,7 +74,7 @@ class StartHandler:
             if existing is None or not self._ours(existing, message, request, instance_id):
                 raise
             return self._reports(message, request, instance_id, existing.created_at)
-        return self._reports(message, request, instance_id)
+        return self._reports(message, request, instance_id, at)
 
     def _ours(
         self, existing: InstanceState, message: Inbound, request: StartWorkflow, instance_id: str
@@ -127,10 +128,13 @@ class StartHandler:
     ) -> list[Outbound]:
         """`started`, or `scheduled` for a delayed start (whose workflow reports `started`).
 
-        ``created_at``: when the instance was created (default: now, it just was).
+        ``created_at``: when the instance was created (default: now, it just was); also when
+        the start took effect.
         """
         delayed = self._delayed(request)
-        created = created_at or now()
+        created = as_utc(created_at) if created_at is not None else now()
+        if created < _NO_TIME:  # the sidecar's "not set yet"
+            created = now()
         return [
             report(
                 message,
@@ -138,6 +142,7 @@ class StartHandler:
                 instance_id,
                 workflow=request.workflow,
                 status="PENDING" if delayed else "RUNNING",
+                at=created,
                 created_at=created,
                 last_updated_at=created,
             )
