@@ -174,21 +174,11 @@ class StartNotReportedYet(Exception):
     """A workflow finished before its `started` event was out: the report is retried."""
 
 
-def build_runtime(
+def report_activity(
     publisher: StatusPublisher,
-    user_modules: Iterable[str],
-    sdk_log_level: str = "WARNING",
     start_handled: Callable[[str, str], bool | None] | None = None,
-) -> tuple[WorkflowRuntime, WorkflowRegistry]:
-    """A runtime with the report activity, the sample workflows and the user's modules.
-
-    ``start_handled(source, message_id)``: whether that start message was handled (its
-    `started` published); a completion report waits for it, so one instance's events stay in
-    order.
-    """
-    from worker import workflows
-
-    runtime = WorkflowRuntime(logger_options=LoggerOptions(log_level=sdk_log_level.upper()))
+) -> Callable[[WorkflowActivityContext, dict[str, Any]], None]:
+    """The activity that publishes what a workflow reports (see `build_runtime`)."""
 
     def report_status(ctx: WorkflowActivityContext, record: dict[str, Any]) -> None:
         # Stamped here, when the change has happened, not with the workflow's replay clock
@@ -208,7 +198,26 @@ def build_runtime(
                 time.sleep(0.02)
         publisher.publish(outbound)
 
-    runtime.register_activity(report_status, name=REPORT_ACTIVITY)
+    return report_status
+
+
+def build_runtime(
+    publisher: StatusPublisher,
+    user_modules: Iterable[str],
+    sdk_log_level: str = "WARNING",
+    start_handled: Callable[[str, str], bool | None] | None = None,
+) -> tuple[WorkflowRuntime, WorkflowRegistry]:
+    """A runtime with the report activity, the sample workflows and the user's modules.
+
+    ``start_handled(source, message_id)``: whether that start message was handled (its
+    `started` published); a completion report waits for it, so one instance's events stay in
+    order.
+    """
+    from worker import workflows
+
+    runtime = WorkflowRuntime(logger_options=LoggerOptions(log_level=sdk_log_level.upper()))
+
+    runtime.register_activity(report_activity(publisher, start_handled), name=REPORT_ACTIVITY)
     registry = WorkflowRegistry(runtime)
     workflows.register(registry)
     for module_name in user_modules:

@@ -26,6 +26,7 @@ from dapr.ext.grpc import App
 from dapr.ext.workflow import DaprWorkflowClient
 
 from scripts import devstack
+from tests.status_contract import order_violations, schema_errors
 
 TOPIC_PREFIXES = ("purge.", "kill.", "rep.", "term.")  # private workers of single tests
 STATUS_TOPICS = ("workflow.status", *(f"{p}workflow.status" for p in TOPIC_PREFIXES))
@@ -43,6 +44,7 @@ class Received:
     topic: str
     subject: str | None
     data: dict[str, Any]
+    extensions: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -52,6 +54,9 @@ class Observer:
     http_port: int = 0
     received: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Status events that break the published schema (checked with formats, as they come).
+    schema_errors: list[str] = field(default_factory=list)
+    reported: set[str] = field(default_factory=set)  # instances whose disorder was reported
 
     def record(self, topic: str, event: v1.Event) -> None:
         raw = event.Data()
@@ -62,8 +67,10 @@ class Observer:
             data = json.loads(text) if text else {}
         except ValueError:
             data = {"_raw": text}
-        extensions = event.Extensions() or {}
+        extensions = dict(event.Extensions() or {})
+        problems = schema_errors(data) if topic in STATUS_TOPICS else []
         with self.lock:
+            self.schema_errors.extend(f"{event.EventID()} ({data}): {p}" for p in problems)
             self.received.append(
                 Received(
                     id=str(event.EventID()),
@@ -72,8 +79,33 @@ class Observer:
                     topic=topic,
                     subject=extensions.get("subject"),
                     data=data if isinstance(data, dict) else {"_value": data},
+                    extensions=extensions,
                 )
             )
+
+    def new_contract_problems(self) -> tuple[list[str], dict[str, list[str]]]:
+        """Schema errors and order violations not reported before (each is reported once)."""
+        with self.lock:
+            errors = list(self.schema_errors)
+            self.schema_errors.clear()
+        violations = {
+            key: problems
+            for key, problems in self.order_violations().items()
+            if key not in self.reported
+        }
+        self.reported.update(violations)
+        return errors, violations
+
+    def order_violations(self) -> dict[str, list[str]]:
+        """Instance id -> how its events, ordered by occurred_at, break its lifecycle."""
+        per_instance: dict[str, dict[str, dict[str, Any]]] = {}
+        for topic in STATUS_TOPICS:
+            for r in self.events(topic):
+                instance_id = r.data.get("instance_id")
+                if instance_id and "occurred_at" in r.data:
+                    per_instance.setdefault(f"{topic}/{instance_id}", {}).setdefault(r.id, r.data)
+        found = {key: order_violations(events.values()) for key, events in per_instance.items()}
+        return {key: problems for key, problems in found.items() if problems}
 
     def events(self, topic: str = "workflow.status") -> list[Received]:
         with self.lock:
@@ -232,6 +264,10 @@ def observer(stack: devstack.Stack) -> Iterator[Observer]:
     yield collected
     sidecar.proc.stop()
     app.stop()
+    # Events that came after the last test ended are checked too.
+    errors, violations = collected.new_contract_problems()
+    assert not errors, "status events that break the schema:\n" + "\n".join(errors[:20])
+    assert not violations, f"events out of order by occurred_at: {violations}"
 
 
 def _sequential(components: Path) -> Path:
@@ -319,6 +355,19 @@ def worker(stack: devstack.Stack, observer: Observer) -> Iterator[Worker]:
     running = start_worker(stack, "workflow-worker")
     yield running
     running.client.close()
+
+
+@pytest.fixture(autouse=True)
+def _status_contract(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every status event the observer receives fits the published schema (formats checked),
+    and each instance's events, ordered by occurred_at, tell a possible life."""
+    yield
+    if "observer" not in request.fixturenames:
+        return
+    seen: Observer = request.getfixturevalue("observer")
+    errors, violations = seen.new_contract_problems()
+    assert not errors, "status events that break the schema:\n" + "\n".join(errors[:20])
+    assert not violations, f"events out of order by occurred_at: {violations}"
 
 
 @pytest.fixture(autouse=True)

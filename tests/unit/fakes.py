@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -60,6 +61,7 @@ class FakeStateClient:
     fail_get: grpc.RpcError | None = None
     fail_save: grpc.RpcError | None = None
     stores: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def save_state(
         self,
@@ -76,15 +78,16 @@ class FakeStateClient:
         self.saves.append(SaveCall(key, raw, etag, options, state_metadata))
         if self.fail_save is not None:
             raise self.fail_save
-        current = self.items.get(key)
-        first_write = options is not None and options.concurrency == Concurrency.first_write
-        if etag is not None:
-            if current is None or str(current[1]) != etag:
+        with self.lock:  # a store checks and writes atomically
+            current = self.items.get(key)
+            first_write = options is not None and options.concurrency == Concurrency.first_write
+            if etag is not None:
+                if current is None or str(current[1]) != etag:
+                    raise FakeRpcError(grpc.StatusCode.ABORTED, f"possible etag mismatch for {key}")
+            elif first_write and current is not None:
                 raise FakeRpcError(grpc.StatusCode.ABORTED, f"possible etag mismatch for {key}")
-        elif first_write and current is not None:
-            raise FakeRpcError(grpc.StatusCode.ABORTED, f"possible etag mismatch for {key}")
-        version = current[1] + 1 if current is not None else 1
-        self.items[key] = (raw, version)
+            version = current[1] + 1 if current is not None else 1
+            self.items[key] = (raw, version)
 
     def get_state(self, store_name: str, key: str, *args: Any, **kwargs: Any) -> StateItem:
         self.stores.add(store_name)

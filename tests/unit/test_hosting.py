@@ -9,14 +9,17 @@ from typing import Any, cast
 
 import pytest
 
+from tests.unit.fakes import FakePublishClient
+from worker.config import Settings
 from worker.events import EVENT_TYPE_PREFIX
 from worker.hosting import (
     REPORT_ACTIVITY,
     WorkflowRegistry,
+    report_activity,
     reporting,
 )
 from worker.origin import Origin, unwrap
-from worker.publisher import Outbound
+from worker.publisher import Outbound, StatusPublisher
 
 _STARTED_AT = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
@@ -335,3 +338,21 @@ def test_a_workflow_started_elsewhere_reports_without_waiting() -> None:
     gen = run(workflow, FakeContext(), data={"plain": "input"})
     completed = next(gen)
     assert "after" not in completed.payload
+
+
+def test_the_report_activity_stamps_when_it_runs_not_the_replay_clock() -> None:
+    """On replay a workflow's clock is its start time: a `completed` stamped with it would
+    sort before the instance's `started` and before the events raised into it."""
+    client = FakePublishClient()
+    activity = report_activity(StatusPublisher(client, Settings(app_id="w")))
+    gen = run(one_task_then_five, FakeContext(), data={"n": 1})
+    next(gen)
+    record = gen.send("work done").payload
+    before = datetime.now(UTC)
+    activity(cast(Any, None), record)
+    [body] = client.bodies()
+    assert body["event"] == "completed"
+    occurred = datetime.fromisoformat(body["occurred_at"])
+    assert occurred >= before > _STARTED_AT
+    assert occurred.utcoffset() is not None
+    assert datetime.fromisoformat(body["created_at"]) == _STARTED_AT  # the start stays

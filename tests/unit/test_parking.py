@@ -1,0 +1,163 @@
+"""A message whose instance does not exist yet is parked, tried again, and in the end
+handled once or rejected after its grace period; parked messages live in the state store."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import pytest
+
+from tests.unit.fakes import FakePublishClient, FakeStateClient
+from tests.unit.test_pipeline import cloud_event
+from worker.config import Settings
+from worker.events import EventType
+from worker.handlers.inbound import Inbound
+from worker.handlers.pipeline import Pipeline
+from worker.handlers.report import report
+from worker.idempotency import Claim, IdempotencyStore, message_key
+from worker.outcomes import Missing
+from worker.parking import ParkingLot
+from worker.publisher import Outbound, StatusPublisher
+
+TOPIC = "workflow.approval"
+BODY = b'{"instance_id": "order-1", "data": true}'
+
+
+@dataclass
+class WaitingHandler:
+    """Raises Missing until ``exists`` is set, then reports `event_raised`."""
+
+    exists: bool = False
+    effects: list[str] = field(default_factory=list)
+
+    def handle(self, message: Inbound, claim: Claim) -> list[Outbound]:
+        if not self.exists:
+            raise Missing("order-1")
+        self.effects.append(message.message_id)
+        return [report(message, EventType.EVENT_RAISED, "order-1", status="RUNNING")]
+
+
+@dataclass
+class Rig:
+    pipeline: Pipeline
+    lot: ParkingLot
+    state: FakeStateClient
+    pubsub: FakePublishClient
+
+    def retry_parked(self, handler: WaitingHandler) -> list[str]:
+        """One pass of the lot, as the service runs it; the responses' statuses."""
+        statuses = []
+        for key in sorted(self.lot.parked()):
+            message = self.lot.load(key)
+            assert message is not None
+            status = self.pipeline.handle(handler, message).status.name
+            statuses.append(status)
+            if status != "retry":
+                self.lot.unpark(key)
+        return statuses
+
+
+def _rig(grace: float) -> Rig:
+    state, pubsub = FakeStateClient(), FakePublishClient()
+    store = IdempotencyStore(state, "statestore", ttl_seconds=3600, lease_seconds=60)
+    lot = ParkingLot(state, "statestore", ttl_seconds=3600)
+    publisher = StatusPublisher(pubsub, Settings(app_id="worker"))
+    pipeline = Pipeline(store, publisher, 3, parking=lot, grace_seconds=grace)
+    return Rig(pipeline, lot, state, pubsub)
+
+
+def test_message_for_a_missing_instance_is_parked_and_acknowledged() -> None:
+    rig = _rig(grace=60)
+    handler = WaitingHandler()
+    response = rig.pipeline(TOPIC, handler, cloud_event(data=BODY))
+    assert response.status.name == "success"  # the broker's delivery is freed
+    assert rig.pubsub.calls == []  # nothing published yet: not rejected
+    key = message_key(TOPIC, "tests", "msg-1")
+    assert list(rig.lot.parked()) == [key]
+    parked = rig.lot.load(key)
+    assert parked is not None
+    assert (parked.topic, parked.message_id, parked.data) == (TOPIC, "msg-1", BODY)
+    assert f"wfw|claim|{key}" not in rig.state.items  # claim given back
+
+
+def test_parked_message_is_handled_once_when_its_instance_appears() -> None:
+    rig = _rig(grace=60)
+    handler = WaitingHandler()
+    rig.pipeline(TOPIC, handler, cloud_event(data=BODY))
+    assert rig.retry_parked(handler) == ["retry"]  # still missing: stays parked
+    assert len(rig.lot.parked()) == 1
+    handler.exists = True
+    assert rig.retry_parked(handler) == ["success"]
+    assert handler.effects == ["msg-1"]
+    assert rig.lot.parked() == {}
+    assert [b["event"] for b in rig.pubsub.bodies()] == ["event_raised"]
+    # A late redelivery of the original message has no second effect.
+    rig.pipeline(TOPIC, handler, cloud_event(data=BODY))
+    assert handler.effects == ["msg-1"]
+
+
+def test_parked_message_is_rejected_after_the_grace_period() -> None:
+    rig = _rig(grace=0.2)
+    handler = WaitingHandler()
+    rig.pipeline(TOPIC, handler, cloud_event(data=BODY))
+    time.sleep(0.25)  # the grace period is measured from when the message was first seen
+    assert rig.retry_parked(handler) == ["drop"]
+    [rejected] = rig.pubsub.bodies()
+    assert rejected["event"] == "rejected"
+    assert rejected["instance_id"] == "order-1"
+    assert rejected["reason"].startswith("unknown instance order-1 (waited 0s")
+    assert rig.lot.parked() == {}
+
+
+def test_without_a_grace_period_an_unknown_instance_is_rejected_at_once() -> None:
+    rig = _rig(grace=0)
+    response = rig.pipeline(TOPIC, WaitingHandler(), cloud_event(data=BODY))
+    assert response.status.name == "drop"
+    assert rig.pubsub.bodies()[0]["reason"] == "unknown instance order-1"
+    assert rig.lot.parked() == {}
+
+
+def test_a_start_nudges_the_lot() -> None:
+    rig = _rig(grace=60)
+
+    class Starter:
+        def handle(self, message: Inbound, claim: Claim) -> list[Outbound]:
+            return [report(message, EventType.STARTED, "order-1", status="RUNNING")]
+
+    woken = threading.Event()
+    stopping = threading.Event()
+
+    def retry(message: Inbound) -> None:
+        woken.set()
+        stopping.set()
+
+    rig.pipeline(TOPIC, WaitingHandler(), cloud_event(data=BODY))
+    runner = threading.Thread(target=rig.lot.run, args=(retry, stopping), daemon=True)
+    runner.start()
+    time.sleep(0.05)
+    started = time.monotonic()
+    rig.pipeline("workflow.start", Starter(), cloud_event(message_id="start-1"))
+    assert woken.wait(5)
+    assert time.monotonic() - started < 0.5  # not the poll interval: at once
+    runner.join(5)
+
+
+@pytest.mark.parametrize("replicas", [2, 5])
+def test_index_keeps_every_message_parked_concurrently(replicas: int) -> None:
+    """Replicas share the index: optimistic concurrency loses no entry."""
+    state = FakeStateClient()
+    lots = [ParkingLot(state, "statestore", 3600) for _ in range(replicas)]
+    message = Inbound(TOPIC, "m", "tests", "application/json", BODY)
+
+    def park(i: int) -> None:
+        for n in range(20):
+            lots[i].park(f"key-{i}-{n}", message, 1.0)
+
+    threads = [threading.Thread(target=park, args=(i,)) for i in range(replicas)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(lots[0].parked()) == replicas * 20
