@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -206,3 +207,33 @@ def test_outbound_record_round_trips() -> None:
     record = json.loads(json.dumps(original.to_record()))
     restored = Outbound.from_record(record)
     assert restored == original
+
+
+def test_echo_prints_one_compact_line_per_published_event(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    publisher, _ = _publisher(app_id="w", echo_status=True)
+    with caplog.at_level(logging.INFO, logger="worker.status"):
+        publisher.publish(Outbound("e1", _event(status="RUNNING")))
+        publisher.publish(
+            Outbound("e2", _event(EventType.REJECTED, reason="unknown instance order-1"))
+        )
+    lines = [r.getMessage() for r in caplog.records if r.name == "worker.status"]
+    assert lines == [
+        "status 10:00:00.000 started order-1 RUNNING workflow=approval_workflow",
+        "status 10:00:00.000 rejected order-1 workflow=approval_workflow "
+        "reason='unknown instance order-1'",
+    ]
+
+
+def test_no_echo_by_default_and_none_for_a_failed_publish(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    quiet, _ = _publisher(app_id="w")
+    loud, client = _publisher(app_id="w", echo_status=True)
+    client.error = FakeRpcError(grpc.StatusCode.UNAVAILABLE, "down")
+    with caplog.at_level(logging.INFO, logger="worker.status"):
+        quiet.publish(Outbound("e1", _event()))
+        with pytest.raises(Transient):
+            loud.publish(Outbound("e2", _event()))
+    assert [r for r in caplog.records if r.name == "worker.status"] == []
