@@ -25,6 +25,8 @@ from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parent.parent
 COMPONENTS = PROJECT / "components"
+# The sidecars' Configuration: a name resolution that sends nothing off the machine (README).
+CONFIG = COMPONENTS / "config.yaml"
 
 
 def dapr_bin(name: str) -> Path:
@@ -297,9 +299,22 @@ class Stack:
         cwd: Path | None = None,
         timeout: float = 60,
         wait_for_app: bool = False,
+        config: Path = CONFIG,
+        app_health_probe_seconds: int | None = None,
     ) -> Sidecar:
+        """``app_health_probe_seconds``: probe the app's health at this interval, as
+        ``dapr run -f .`` does with dapr.yaml (default: no app health checks)."""
         grpc_port, http_port = grpc_port or free_port(), http_port or free_port()
         name = name or f"daprd-{app_id}"
+        health = (
+            [
+                "--enable-app-health-check",
+                "--app-health-probe-interval",
+                str(app_health_probe_seconds),
+            ]
+            if app_health_probe_seconds
+            else []
+        )
         proc = self._spawn(
             name,
             [
@@ -325,8 +340,11 @@ class Stack:
                 f"127.0.0.1:{self.scheduler_port}",
                 "--resources-path",
                 str(resources),
+                "--config",
+                str(config),
                 "--log-level",
                 "info",
+                *health,
             ],
             cwd=cwd,
             ports={"grpc": grpc_port, "http": http_port},

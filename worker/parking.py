@@ -54,6 +54,7 @@ class ParkingLot:
             "source": message.source,
             "message_id": message.message_id,
             "content_type": message.content_type,
+            "type": message.event_type,
             "data": base64.b64encode(message.data).decode(),
             "first_seen": first_seen,
         }
@@ -94,6 +95,7 @@ class ParkingLot:
             content_type=record["content_type"],
             data=base64.b64decode(record["data"]),
             first_seen=float(record["first_seen"]),
+            event_type=record.get("type", ""),
         )
 
     def nudge(self) -> None:

@@ -14,6 +14,7 @@ from cloudevents.http import CloudEvent
 
 from worker.config import Settings
 from worker.events import EventType, StatusEvent
+from worker.handlers.inbound import Inbound
 from worker.outcomes import Transient
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,33 @@ class StatusPublisher:
             raise Transient(f"publish {event.event} for {subject}: {error}") from error
         if self._settings.echo_status:
             echo.info(compact(event))
+
+    def dead_letter(self, message: Inbound) -> None:
+        """Move a rejected message to the dead-letter topic, when one is set. The sidecar does
+        this for a message the worker answers `drop`; a parked message has been acknowledged
+        already, so the worker does it itself, with the message's own CloudEvent id."""
+        topic = self._settings.dead_letter_topic
+        if topic is None:
+            return
+        attributes = {
+            "id": message.message_id,
+            "source": message.source,
+            "type": message.event_type or "com.dapr.event.sent",
+            "datacontenttype": message.content_type or "application/json",
+        }
+        try:
+            data: Any = json.loads(message.data)
+        except ValueError:
+            data = message.data  # not JSON: carried as data_base64
+        try:
+            self._client.publish_event(
+                pubsub_name=self._settings.pubsub_name,
+                topic_name=topic,
+                data=bytes(to_json(CloudEvent(attributes, data))),
+                data_content_type="application/cloudevents+json",
+            )
+        except grpc.RpcError as error:
+            raise Transient(f"dead-letter {message.describe()}: {error}") from error
 
     def cloudevent(self, outbound: Outbound) -> bytes:
         """The whole CloudEvent, structured: the sidecar passes it on as it is (adding only

@@ -51,6 +51,34 @@ def json_schema(
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 
 
+def asyncapi_schema(node: Any) -> Any:
+    """``node`` with each OpenAPI-style discriminator turned into AsyncAPI 3's.
+
+    Pydantic writes a discriminated union as ``oneOf`` plus OpenAPI's object
+    ``"discriminator": {"propertyName": "action", "mapping": {"suspend": "#/.../Suspend", ...}}``.
+    An AsyncAPI 3 Schema Object wants the property name as a string, that property defined in
+    the same schema and required there: so ``"discriminator": "action"``, ``properties.action``
+    an enum of the mapping's values (each variant still pins its own with ``const``) and
+    ``"action"`` in ``required``. The JSON Schema files keep pydantic's form, which draft 2020-12
+    treats as an annotation and OpenAPI-aware tools read.
+    """
+    if isinstance(node, list):
+        return [asyncapi_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    schema = {key: asyncapi_schema(value) for key, value in node.items()}
+    openapi = schema.get("discriminator")
+    if isinstance(openapi, dict) and "propertyName" in openapi:
+        name = openapi["propertyName"]
+        schema["discriminator"] = name
+        schema["properties"] = {
+            **schema.get("properties", {}),
+            name: {"type": "string", "enum": list(openapi["mapping"])},
+        }
+        schema["required"] = [*(r for r in schema.get("required", []) if r != name), name]
+    return schema
+
+
 def asyncapi() -> dict[str, Any]:
     defaults = Settings.model_construct()
     channels: dict[str, Any] = {}
@@ -60,7 +88,7 @@ def asyncapi() -> dict[str, Any]:
     for stem, (setting, model, summary) in _MESSAGES.items():
         name = stem.replace(".", "_")
         topic = getattr(defaults, setting)
-        schema = json_schema(model, ref_template="#/components/schemas/{model}")
+        schema = asyncapi_schema(json_schema(model, ref_template="#/components/schemas/{model}"))
         schema.pop("$schema")
         schemas.update(schema.pop("$defs", {}))
         messages[name] = {

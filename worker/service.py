@@ -143,8 +143,11 @@ class WorkerService:
 
         def retry_parked(message: Inbound) -> None:
             response = pipeline.handle(handlers[message.topic], message)
-            if response.status is not TopicEventResponseStatus.retry:
-                parking.unpark(message_key(message.topic, message.source, message.message_id))
+            if response.status is TopicEventResponseStatus.retry:
+                return  # still waiting
+            if response.status is TopicEventResponseStatus.drop:
+                publisher.dead_letter(message)  # as the sidecar does for a delivery dropped
+            parking.unpark(message_key(message.topic, message.source, message.message_id))
 
         self._parking_thread = threading.Thread(
             target=parking.run, args=(retry_parked, self._stopped), name="parked", daemon=True

@@ -28,7 +28,7 @@ from dapr.ext.workflow import DaprWorkflowClient
 from scripts import devstack
 from tests.status_contract import order_violations, schema_errors
 
-TOPIC_PREFIXES = ("purge.", "kill.", "rep.", "term.")  # private workers of single tests
+TOPIC_PREFIXES = ("purge.", "kill.", "rep.", "term.", "pair.")  # private workers of tests
 STATUS_TOPICS = ("workflow.status", *(f"{p}workflow.status" for p in TOPIC_PREFIXES))
 _GRANT = "workflow-client=workflow.start,workflow.approval,workflow.control"
 DEAD_LETTER_TOPICS = ("workflow.deadletter",)
@@ -292,6 +292,7 @@ def start_worker(
     env: dict[str, str] | None = None,
     topic_prefix: str = "",
     name: str | None = None,
+    app_health_probe_seconds: int | None = None,
 ) -> Worker:
     app_port = devstack.free_port()
     workdir = stack.workdir / (name or app_id)
@@ -302,12 +303,16 @@ def start_worker(
         app_port=app_port,
         cwd=workdir,
         name=f"daprd-{name or app_id}",
+        app_health_probe_seconds=app_health_probe_seconds,
     )
     worker_env = {
         "WORKER_APP_ID": app_id,
         "WORKER_DEAD_LETTER_TOPIC": "workflow.deadletter",
         "WORKER_WORKFLOW_MODULES": '["tests.integration.user_workflows"]',
         "WORKER_CLAIM_LEASE_SECONDS": "5",
+        # Messages for unknown instances are rejected after this (default 180 s; the pairs
+        # test runs a worker with the default).
+        "WORKER_UNKNOWN_INSTANCE_GRACE_SECONDS": "6",
         "PYTHONPATH": str(devstack.PROJECT),
         **{
             f"WORKER_{t.upper()}_TOPIC": f"{topic_prefix}workflow.{t}"
@@ -321,11 +326,13 @@ def start_worker(
 
 
 @contextlib.contextmanager
-def private_worker(stack: devstack.Stack, name: str) -> Iterator[Worker]:
+def private_worker(
+    stack: devstack.Stack, name: str, env: dict[str, str] | None = None
+) -> Iterator[Worker]:
     """A worker of its own for one test: app-id ``<name>-worker``, topics ``<name>.workflow.*``
     (the prefix must be in TOPIC_PREFIXES); stopped, with its sidecar, at the end."""
     assert f"{name}." in TOPIC_PREFIXES, f"add {name}. to TOPIC_PREFIXES"
-    running = start_worker(stack, f"{name}-worker", topic_prefix=f"{name}.")
+    running = start_worker(stack, f"{name}-worker", topic_prefix=f"{name}.", env=env)
     try:
         yield running
     finally:

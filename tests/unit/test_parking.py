@@ -161,3 +161,19 @@ def test_index_keeps_every_message_parked_concurrently(replicas: int) -> None:
     for t in threads:
         t.join()
     assert len(lots[0].parked()) == replicas * 20
+
+
+def test_a_parked_message_rejected_at_last_goes_to_the_dead_letter_topic() -> None:
+    """The sidecar dead-letters only what the worker answers `drop`; a parked message was
+    acknowledged when it was parked, so the worker moves it there itself."""
+    client = FakePublishClient()
+    publisher = StatusPublisher(client, Settings(app_id="w", dead_letter_topic="dead"))
+    message = Inbound(TOPIC, "msg-7", "ops", "application/json", BODY, 1.0, "com.example")
+    publisher.dead_letter(message)
+    [call] = client.calls
+    assert call["topic_name"] == "dead"
+    envelope = call["cloudevent"]
+    assert (envelope["id"], envelope["source"], envelope["type"]) == ("msg-7", "ops", "com.example")
+    assert envelope["data"] == {"instance_id": "order-1", "data": True}
+    StatusPublisher(client, Settings(app_id="w")).dead_letter(message)  # none configured
+    assert len(client.calls) == 1

@@ -26,6 +26,7 @@ class Inbound:
     content_type: str
     data: bytes
     first_seen: float | None = None  # epoch seconds; set when it comes from the parking lot
+    event_type: str = ""  # the CloudEvent's type, kept for a dead letter
 
     def describe(self) -> str:
         return f"message {self.message_id} from {self.source or '?'} on {self.topic}"

@@ -122,6 +122,7 @@ class Pipeline:
             source=str(event.Source() or ""),
             content_type=str(event.ContentType() or ""),
             data=_as_bytes(event.Data()),
+            event_type=_text(event.EventType()),
         )
         return self.handle(handler, message)
 
@@ -281,6 +282,10 @@ class Pipeline:
             )
             if status == "drop":
                 log.warning("rejected %s: %s", message.describe(), e.reason)
+
+
+def _text(value: object) -> str:
+    return "" if value is None or value == "None" else str(value)
 
 
 def _as_bytes(data: object) -> bytes:
