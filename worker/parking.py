@@ -111,7 +111,8 @@ class ParkingLot:
             if stopping.is_set():
                 return
             try:
-                for message_key in sorted(self.parked()):
+                parked = self.parked()
+                for message_key in sorted(parked, key=lambda k: (parked[k], k)):  # oldest first
                     if stopping.is_set():
                         return
                     message = self.load(message_key)

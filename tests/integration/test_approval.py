@@ -105,18 +105,6 @@ def test_duplicate_approval_raises_the_event_once(worker: Worker, observer: Obse
     assert len(history) == 1, history
 
 
-def test_approval_for_unknown_instance_is_rejected(worker: Worker, observer: Observer) -> None:
-    message_id = observer.publish("workflow.approval", {"instance_id": unique("nobody")})
-    rejected = observer.wait_for("rejection", lambda: observer.for_message(message_id))[0]
-    assert rejected.data["event"] == "rejected"
-    assert "unknown instance" in rejected.data["reason"]
-    dead = observer.wait_for(
-        "dead letter",
-        lambda: [e for e in observer.events("workflow.deadletter") if e.id == message_id],
-    )
-    assert dead[0].data["instance_id"].startswith("nobody-")
-
-
 def worker_history(worker: Worker, instance_id: str) -> list[str]:
     """Names of the history events of an instance (GetInstanceHistory)."""
     import grpc
