@@ -2,6 +2,8 @@
 # Everything the project needs, idempotent and quick when already done:
 #   - .venv with the pinned Python packages (pyproject.toml + constraints.txt)
 #   - redis-server (Debian package) for the shared profile and its tests
+#   - node and npm (Debian packages when missing) and, with npm ci, the pinned AsyncAPI parser
+#     in tests/asyncapi that validates docs/schemas/asyncapi.json (tests/unit/test_asyncapi_parser.py)
 #   - the Dapr runtime and CLI (scripts/install-dapr.sh; skipped when in place)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -33,6 +35,25 @@ if ! command -v redis-server >/dev/null 2>&1; then
     service redis-server stop >/dev/null 2>&1 || true
   else
     say "WARNING: redis-server is missing; install it (apt-get install redis-server) for the redis profile"
+  fi
+fi
+
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing nodejs and npm (Debian packages)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm) >/dev/null
+  else
+    say "WARNING: node/npm are missing; install them (apt-get install nodejs npm) for the AsyncAPI test"
+  fi
+fi
+if command -v npm >/dev/null 2>&1; then
+  # npm ci empties node_modules first, so an older stamp goes with it. --ignore-scripts: the
+  # parser is plain JavaScript; the one install script in its tree only reports usage.
+  node_stamp=tests/asyncapi/node_modules/.installed-$(sha256sum <tests/asyncapi/package-lock.json | cut -c1-16)
+  if [ ! -e "$node_stamp" ]; then
+    say "installing the AsyncAPI parser (npm ci in tests/asyncapi)"
+    (cd tests/asyncapi && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+    touch "$node_stamp"
   fi
 fi
 
