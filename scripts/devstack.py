@@ -190,9 +190,11 @@ class Stack:
             print(f"[devstack] started {name} (pid {popen.pid}), log {log}")
         return proc
 
-    def _ready(self, proc: Proc, check: Callable[[], bool], timeout: float) -> Proc:
+    def _ready(
+        self, proc: Proc, check: Callable[[], bool], timeout: float, interval: float = 0.1
+    ) -> Proc:
         try:
-            wait_until(check, timeout, proc.name, proc.alive)
+            wait_until(check, timeout, proc.name, proc.alive, interval)
         except Exception as error:
             raise RuntimeError(f"{error}\n{proc.log_tail()}") from error
         return proc
@@ -360,17 +362,19 @@ class Stack:
         name: str = "worker",
         env: Mapping[str, str] | None = None,
         timeout: float = 90,
+        trust_ready_line: bool = False,
     ) -> Proc:
-        """``python -m worker`` against ``sidecar``; ready once the sidecar reports healthy."""
+        """``python -m worker`` against ``sidecar``; ready once it logs "worker ready" and the
+        sidecar reports healthy. ``trust_ready_line``: the log line alone, as a user reads it
+        (the sidecar's health may follow later)."""
         worker_env = {**sidecar.env, "PYTHONUNBUFFERED": "1", **(env or {})}
         proc = self._spawn(name, [sys.executable, "-m", "worker"], env=worker_env, cwd=PROJECT)
+        healthz = f"http://127.0.0.1:{sidecar.http_port}/v1.0/healthz"
         self._ready(
             proc,
-            lambda: (
-                http_ok(f"http://127.0.0.1:{sidecar.http_port}/v1.0/healthz")
-                and _logged_ready(proc)
-            ),
+            lambda: _logged_ready(proc) and (trust_ready_line or http_ok(healthz)),
             timeout,
+            interval=0.02,
         )
         return proc
 

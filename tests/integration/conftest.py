@@ -31,6 +31,7 @@ from tests.status_contract import order_violations, schema_errors
 TOPIC_PREFIXES = ("purge.", "kill.", "rep.", "term.", "pair.")  # private workers of tests
 STATUS_TOPICS = ("workflow.status", *(f"{p}workflow.status" for p in TOPIC_PREFIXES))
 _GRANT = "workflow-client=workflow.start,workflow.approval,workflow.control"
+_SUBSCRIBE_GRANT = "workflow-client=workflow.status,workflow.deadletter"
 DEAD_LETTER_TOPICS = ("workflow.deadletter",)
 
 
@@ -226,6 +227,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devstack.Stack]:
             f"{p}workflow.{t}" for p in TOPIC_PREFIXES for t in ("start", "approval", "control")
         ]
         running.component_patches[_GRANT] = ",".join([_GRANT, *extra])
+        # It may subscribe only to the topics listed for it: all that the observer reads.
+        observed = ",".join([*STATUS_TOPICS, *DEAD_LETTER_TOPICS])
+        running.component_patches[_SUBSCRIBE_GRANT] = f"workflow-client={observed}"
+        pubsub = (devstack.COMPONENTS / "redis" / "pubsub.yaml").read_text()
+        assert _GRANT in pubsub and _SUBSCRIBE_GRANT in pubsub, "grants to widen are gone"
         # Redeliver what a crashed sidecar held after 10 s rather than 30 s.
         running.component_patches['value: "30s"'] = 'value: "10s"'
         try:
@@ -293,6 +299,7 @@ def start_worker(
     topic_prefix: str = "",
     name: str | None = None,
     app_health_probe_seconds: int | None = None,
+    trust_ready_line: bool = False,
 ) -> Worker:
     app_port = devstack.free_port()
     workdir = stack.workdir / (name or app_id)
@@ -320,7 +327,9 @@ def start_worker(
         },
         **(env or {}),
     }
-    proc = stack.start_worker(sidecar, name=name or app_id, env=worker_env)
+    proc = stack.start_worker(
+        sidecar, name=name or app_id, env=worker_env, trust_ready_line=trust_ready_line
+    )
     client = DaprWorkflowClient(host="127.0.0.1", port=str(sidecar.grpc_port))
     return Worker(sidecar, proc, client, topic_prefix, worker_env)
 

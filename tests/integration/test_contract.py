@@ -133,6 +133,7 @@ def test_embedded_default_handles_what_is_published_right_after_ready(
         profile="default",
         env={"WORKER_ECHO_STATUS": "true"},
         app_health_probe_seconds=5,
+        trust_ready_line=True,  # publish the moment "worker ready" is printed
     )
     try:
         order, counter = unique("order"), unique("counter")
