@@ -101,7 +101,7 @@ class Host:
         grant = "workflow-worker=workflow.start,workflow.approval,workflow.control"
         stack.component_patches.update(
             {
-                f'"{grant}"': f'"{grant},workflow.status,bench.noop"',
+                f'"{grant};': f'"{grant},workflow.status,bench.noop;',
                 "workflow.deadletter;": "workflow.deadletter,bench.noop;",
             }
         )

@@ -1,0 +1,36 @@
+"""The Dapr CLI against the worker on the shared profile, as an operator would use it."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+
+from scripts import devstack
+from tests.integration.conftest import Observer, Worker, unique
+
+
+def test_dapr_workflow_list_sees_the_worker_on_redis(
+    stack: devstack.Stack, worker: Worker, observer: Observer
+) -> None:
+    """CLI 1.16.5 reads the instance list from the actor state store itself: on Redis its
+    ``-c`` is a Redis URL. Runs the README's command, with the stack's Redis port."""
+    readme = (devstack.PROJECT / "README.md").read_text()
+    documented = re.search(r"^dapr workflow list -a workflow-worker -c redis://\S+", readme, re.M)
+    assert documented, "the README shows no `dapr workflow list` for the shared profile"
+    command = shlex.split(documented[0].replace("localhost:6379", f"127.0.0.1:{stack.redis_port}"))
+    instance_id = unique("listed")
+    observer.publish(
+        "workflow.start",
+        {"workflow": "greeting_workflow", "instance_id": instance_id, "input": "cli"},
+    )
+    worker.wait_status(instance_id, {"COMPLETED"})
+    result = subprocess.run(
+        [str(devstack.dapr_bin("dapr")), *command[1:], "--output", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert instance_id in result.stdout
