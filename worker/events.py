@@ -27,7 +27,8 @@ UtcTime = Annotated[datetime, AfterValidator(as_utc)]
 
 
 class EventType(StrEnum):
-    """What happened. `rejected` is about a request; `state` answers a query."""
+    """What happened. `rejected` is about a request; `state` and `history` answer queries;
+    `stalled` / `unstalled`: a step has been in flight too long / the instance moved again."""
 
     SCHEDULED = "scheduled"
     STARTED = "started"
@@ -40,6 +41,9 @@ class EventType(StrEnum):
     PURGED = "purged"
     REJECTED = "rejected"
     STATE = "state"
+    HISTORY = "history"
+    STALLED = "stalled"
+    UNSTALLED = "unstalled"
 
 
 class FailureInfo(BaseModel):
@@ -48,6 +52,24 @@ class FailureInfo(BaseModel):
     message: str
     type: str | None = None
     stack_trace: str | None = None
+
+
+class TimelineEntry(BaseModel):
+    """One line of an instance's history: a step, a timer, an event, or the run itself."""
+
+    kind: str = Field(
+        description="run, activity, child_workflow, timer, event_raised, suspended, resumed, "
+        "terminated, continued_as_new"
+    )
+    name: str | None = Field(default=None, description="Activity, workflow or event name.")
+    started_at: UtcTime | None = None
+    ended_at: UtcTime | None = None
+    duration_ms: float | None = None
+    outcome: str | None = Field(
+        default=None, description="completed, failed, pending (still in flight), fired, ..."
+    )
+    result: JsonValue = Field(default=None, description="Output, or the event's data.")
+    failure: FailureInfo | None = None
 
 
 class StatusEvent(BaseModel):
@@ -105,6 +127,18 @@ class StatusEvent(BaseModel):
     )
     event_name: str | None = Field(default=None, description="For event_raised.")
     count: int | None = Field(default=None, description="For a bulk purge: instances purged.")
+    observed: bool = Field(
+        default=False,
+        description="True when the worker learned of this change by watching the instance "
+        "(it was made by someone else: the dapr CLI, another client, daprd itself), not by "
+        "causing it; such events have no correlation_id.",
+    )
+    timeline: list[TimelineEntry] | None = Field(
+        default=None, description="For history: the instance's history, oldest first."
+    )
+    step: TimelineEntry | None = Field(
+        default=None, description="For stalled: the step in flight for too long."
+    )
     truncated: bool = Field(
         default=False, description="True when output/input were cut to fit the broker."
     )
