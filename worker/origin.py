@@ -21,15 +21,24 @@ class Origin:
     message_id: str
     generation: int = 0  # continue-as-new generations of the same run
     report_start: bool = False  # a delayed start: the workflow reports `started` itself
+    # The id the message started: a rerun (`dapr workflow rerun`) copies the input, envelope
+    # and all, into an instance of another id, which the worker did not start.
+    instance_id: str | None = None
 
     def wrap(self, data: Any) -> dict[str, Any]:
-        meta = {
+        meta: dict[str, Any] = {
             "source": self.source,
             "message_id": self.message_id,
             "generation": self.generation,
             "report_start": self.report_start,
         }
+        if self.instance_id is not None:
+            meta["instance_id"] = self.instance_id
         return {ENVELOPE_KEY: meta, "input": data}
+
+    def started(self, instance_id: str) -> bool:
+        """Whether the worker's start message created ``instance_id`` (not a copy of it)."""
+        return self.instance_id is None or self.instance_id == instance_id
 
     def next_generation(self) -> Origin:
         return replace(self, generation=self.generation + 1)
@@ -51,6 +60,7 @@ def unwrap(data: Any) -> tuple[Origin | None, Any]:
             str(meta.get("message_id", "")),
             int(meta.get("generation", 0)),
             bool(meta.get("report_start", False)),
+            str(meta["instance_id"]) if meta.get("instance_id") is not None else None,
         )
         return origin, data.get("input")
     return None, data

@@ -68,7 +68,7 @@ def test_starts_under_the_derived_id(handler: StartHandler, gateway: FakeGateway
             "start",
             "approval_workflow",
             expected_id,
-            Origin("tests", "msg-1").wrap(user_input),
+            Origin("tests", "msg-1", instance_id=expected_id).wrap(user_input),
             None,
         ),
     ]
@@ -88,7 +88,9 @@ def test_start_input_carries_the_message_id_for_the_workflow(
         handler.handle(start_message("msg-7", input=user_input), NEW)
         [(_, _, _, data, _)] = _started(gateway)
         origin, unwrapped = unwrap(data)
-        assert origin == Origin("tests", "msg-7")
+        assert origin is not None
+        assert (origin.source, origin.message_id) == ("tests", "msg-7")
+        assert origin.started(derived_instance_id("approval_workflow", start_message("msg-7")))
         assert unwrapped == user_input
         assert type(unwrapped) is type(user_input)
 
@@ -105,7 +107,13 @@ def test_redelivered_scheduled_message_reports_the_same_event_id(handler: StartH
 def test_explicit_instance_id_is_used(handler: StartHandler, gateway: FakeGateway) -> None:
     handler.handle(start_message(instance_id="order-1001"), NEW)
     assert gateway.mutations() == [
-        ("start", "approval_workflow", "order-1001", Origin("tests", "msg-1").wrap(None), None)
+        (
+            "start",
+            "approval_workflow",
+            "order-1001",
+            Origin("tests", "msg-1", instance_id="order-1001").wrap(None),
+            None,
+        )
     ]
 
 
@@ -171,7 +179,13 @@ def test_finished_instance_with_replace_is_started_again(
     events = handler.handle(start_message(instance_id="order-1", replace=True), NEW)
     assert [e.event.event for e in events] == [EventType.STARTED]
     assert gateway.mutations() == [
-        ("start", "approval_workflow", "order-1", Origin("tests", "msg-1").wrap(None), None)
+        (
+            "start",
+            "approval_workflow",
+            "order-1",
+            Origin("tests", "msg-1", instance_id="order-1").wrap(None),
+            None,
+        )
     ]
 
 
@@ -185,7 +199,7 @@ def test_future_start_at_is_scheduled(handler: StartHandler, gateway: FakeGatewa
             "start",
             "approval_workflow",
             "order-1",
-            Origin("tests", "msg-1", report_start=True).wrap(None),
+            Origin("tests", "msg-1", report_start=True, instance_id="order-1").wrap(None),
             start_at,
         )
     ]

@@ -61,7 +61,12 @@ class StartHandler:
         if existing is not None and self._ours(existing, message, request, instance_id):
             # An earlier delivery started it and its answer was lost: report again.
             return self._reports(message, request, instance_id, existing.created_at)
-        origin = Origin(message.source, message.message_id, report_start=self._delayed(request))
+        origin = Origin(
+            message.source,
+            message.message_id,
+            report_start=self._delayed(request),
+            instance_id=instance_id,
+        )
         at = now()  # before the start: everything the instance does comes after it
         try:
             self._gateway.start(

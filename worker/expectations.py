@@ -1,0 +1,143 @@
+"""What the worker is about to change on an instance, noted before it calls the sidecar.
+
+The watch (`worker.watch`) publishes every status change it sees that the worker did not make
+itself. To tell the two apart it reads these notes: a handler writes "instance X is about to
+become SUSPENDED" (or "one more `approval_decision` raised") *before* its sidecar call, so a
+watcher that sees the change also finds the note, and leaves the reporting to the handler (which
+publishes it under its own stable id). A note the change never follows (the call failed) is
+taken back, and every note expires after `NOTE_SECONDS`.
+
+Key: ``wfw|expect|<instance id>`` = ``{"statuses": {status: until}, "raised": {name: count}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from dapr.clients.grpc._state import Concurrency, StateOptions
+
+from worker.idempotency import StateClient
+from worker.outcomes import Transient
+
+log = logging.getLogger(__name__)
+
+NOTE_SECONDS = 300.0
+_TRIES = 20
+
+
+@dataclass
+class Notes:
+    """The notes on one instance."""
+
+    statuses: dict[str, float] = field(default_factory=dict)  # status -> valid until (epoch)
+    raised: dict[str, int] = field(default_factory=dict)  # event name -> raised by the worker
+
+    def expects(self, status: str, now: float | None = None) -> bool:
+        return self.statuses.get(status, 0.0) >= (now or time.time())
+
+    def to_json(self) -> str:
+        return json.dumps({"statuses": self.statuses, "raised": self.raised})
+
+    @staticmethod
+    def from_json(raw: bytes | str) -> Notes:
+        data: dict[str, Any] = json.loads(raw)
+        return Notes(dict(data.get("statuses", {})), dict(data.get("raised", {})))
+
+
+class Expectations:
+    def __init__(self, client: StateClient, store_name: str, ttl_seconds: int) -> None:
+        self._client = client
+        self._store = store_name
+        self._ttl = {"ttlInSeconds": str(ttl_seconds)}
+
+    @staticmethod
+    def _key(instance_id: str) -> str:
+        return f"wfw|expect|{instance_id}"
+
+    def get(self, instance_id: str) -> Notes:
+        return self._read(instance_id)[0]
+
+    def expect_status(self, instance_id: str, status: str) -> None:
+        until = time.time() + NOTE_SECONDS
+
+        def note(notes: Notes) -> None:
+            notes.statuses[status] = until
+
+        self._update(instance_id, note)
+
+    def withdraw_status(self, instance_id: str, status: str) -> None:
+        """The change did not happen after all."""
+        self._quietly(instance_id, lambda notes: notes.statuses.pop(status, None))
+
+    def expect_raise(self, instance_id: str, name: str) -> None:
+        def note(notes: Notes) -> None:
+            notes.raised[name] = notes.raised.get(name, 0) + 1
+
+        self._update(instance_id, note)
+
+    def withdraw_raise(self, instance_id: str, name: str) -> None:
+        def note(notes: Notes) -> None:
+            notes.raised[name] = max(0, notes.raised.get(name, 0) - 1)
+
+        self._quietly(instance_id, note)
+
+    def consume_status(self, instance_id: str, status: str) -> bool:
+        """Whether a live note expected ``status``; the note is used up either way."""
+        found: list[bool] = []
+
+        def use(notes: Notes) -> None:
+            found.append(notes.expects(status))
+            notes.statuses.pop(status, None)
+
+        self._update(instance_id, use)
+        return bool(found and found[-1])
+
+    def forget(self, instance_id: str) -> None:
+        try:
+            self._client.delete_state(self._store, self._key(instance_id))
+        except grpc.RpcError as error:
+            log.debug("could not delete notes on %s: %s", instance_id, error)
+
+    def _quietly(self, instance_id: str, change: Callable[[Notes], Any]) -> None:
+        try:
+            self._update(instance_id, change)
+        except Transient as error:
+            log.warning("could not take back a note on %s (it expires): %s", instance_id, error)
+
+    def _read(self, instance_id: str) -> tuple[Notes, str | None]:
+        try:
+            response = self._client.get_state(self._store, self._key(instance_id))
+        except grpc.RpcError as error:
+            raise Transient(f"read notes on {instance_id}: {error}") from error
+        if not response.data:
+            return Notes(), None
+        return Notes.from_json(response.data), response.etag or None
+
+    def _update(self, instance_id: str, change: Callable[[Notes], Any]) -> None:
+        """Read, change and write the notes with optimistic concurrency."""
+        last: grpc.RpcError | None = None
+        for _ in range(_TRIES):
+            notes, etag = self._read(instance_id)
+            now = time.time()
+            notes.statuses = {s: t for s, t in notes.statuses.items() if t >= now}
+            change(notes)
+            try:
+                self._client.save_state(
+                    self._store,
+                    self._key(instance_id),
+                    notes.to_json(),
+                    etag=etag,
+                    options=StateOptions(concurrency=Concurrency.first_write),
+                    state_metadata=self._ttl,
+                )
+                return
+            except grpc.RpcError as error:
+                last = error
+                time.sleep(0.01)
+        raise Transient(f"update notes on {instance_id}: {last}")
