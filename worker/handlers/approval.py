@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from worker.events import EventType, now
+from worker.expectations import Expectations
 from worker.gateway import WorkflowGateway
 from worker.handlers.inbound import Inbound, parse
 from worker.handlers.report import report
@@ -13,8 +14,10 @@ from worker.publisher import Outbound
 
 
 class ApprovalHandler:
-    def __init__(self, gateway: WorkflowGateway) -> None:
+    def __init__(self, gateway: WorkflowGateway, notes: Expectations | None = None) -> None:
+        """``notes``: where to note a raise before making it (when something watches)."""
         self._gateway = gateway
+        self._notes = notes
 
     def handle(self, message: Inbound, claim: Claim) -> list[Outbound]:
         request: RaiseEvent = parse(message, RaiseEvent)
@@ -30,7 +33,14 @@ class ApprovalHandler:
                 workflow=state.workflow,
             )
         at = now()
-        self._gateway.raise_event(request.instance_id, request.event_name, request.data)
+        if self._notes is not None:
+            self._notes.expect_raise(request.instance_id, request.event_name)
+        try:
+            self._gateway.raise_event(request.instance_id, request.event_name, request.data)
+        except Exception:
+            if self._notes is not None:
+                self._notes.withdraw_raise(request.instance_id, request.event_name)
+            raise
         return [
             report(
                 message,
