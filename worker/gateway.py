@@ -20,11 +20,12 @@ from dapr.conf import settings as dapr_settings
 from dapr.ext.workflow import DaprWorkflowClient
 from dapr.ext.workflow._durabletask.internal import orchestrator_service_pb2 as pb
 from dapr.ext.workflow._durabletask.internal import orchestrator_service_pb2_grpc as stubs
+from dapr.ext.workflow._durabletask.internal.history_events_pb2 import HistoryEvent
 from dapr.ext.workflow.logger import LoggerOptions
 from google.protobuf import wrappers_pb2
 
 from worker.origin import Origin, unwrap
-from worker.outcomes import Transient, raise_classified
+from worker.outcomes import Missing, Transient, raise_classified
 
 T = TypeVar("T")
 
@@ -200,3 +201,21 @@ class WorkflowGateway:
             token = page.continuationToken if page.HasField("continuationToken") else None
             if not token:
                 return
+
+    def history(self, instance_id: str) -> list[HistoryEvent]:
+        """The instance's history events, oldest first. An unknown (or purged) instance is
+        `Missing`, like every other call about an instance that may not exist yet."""
+        request = pb.GetInstanceHistoryRequest(instanceId=instance_id)
+
+        def fetch() -> list[HistoryEvent]:
+            try:
+                response = self._stub.GetInstanceHistory(
+                    request, timeout=self._timeout, metadata=self._metadata
+                )
+            except grpc.RpcError as error:
+                if getattr(error, "code", lambda: None)() == grpc.StatusCode.NOT_FOUND:
+                    raise Missing(instance_id) from error
+                raise
+            return list(response.events)
+
+        return self._call(f"history of {instance_id}", fetch, instance_id)

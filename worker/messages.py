@@ -221,8 +221,17 @@ class Query(_Message):
     instance_id: InstanceId
 
 
+class History(_Message):
+    """Publish the instance's history as a timeline on the status topic (event `history`): the
+    run, each activity, child workflow and timer with its times and result, events raised."""
+
+    model_config = ConfigDict(title="History")
+    action: Literal["history"]
+    instance_id: InstanceId
+
+
 ControlAction = Annotated[
-    Suspend | Resume | Terminate | Purge | Query,
+    Suspend | Resume | Terminate | Purge | Query | History,
     Field(discriminator="action"),
 ]
 """`workflow.control`: one of the actions, chosen by the field `action`."""

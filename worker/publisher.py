@@ -11,9 +11,10 @@ from typing import Any, Protocol
 import grpc
 from cloudevents.conversion import to_json
 from cloudevents.http import CloudEvent
+from pydantic import BaseModel
 
 from worker.config import Settings
-from worker.events import EventType, StatusEvent
+from worker.events import EventType, StatusEvent, TimelineEntry
 from worker.handlers.inbound import Inbound
 from worker.outcomes import Transient
 
@@ -24,6 +25,8 @@ echo = logging.getLogger("worker.status")  # one compact line per published even
 _PREVIEW_SHARE = 8
 # Room in the limit for the CloudEvent's attributes and the fields the sidecar adds.
 _ENVELOPE_BYTES = 1_024
+# A cut timeline entry keeps a preview of its result of this share of the limit.
+_ENTRY_PREVIEW_SHARE = 64
 
 
 @dataclass(frozen=True)
@@ -55,9 +58,15 @@ class PublishClient(Protocol):
     ) -> Any: ...
 
 
+def _json(model: BaseModel) -> bytes:
+    """``model`` as JSON, byte for byte as the CloudEvent around it will carry it (spaced
+    separators, non-ASCII escaped), so that sizes measured here are the sizes sent."""
+    return json.dumps(model.model_dump(mode="json", exclude_none=True)).encode()
+
+
 def _shrink(event: StatusEvent, limit: int) -> bytes:
     """The JSON of ``event``, with bulky fields cut to a preview when it exceeds ``limit``."""
-    body = event.model_dump_json(exclude_none=True).encode()
+    body = _json(event)
     if len(body) <= limit:
         return body
     preview = limit // _PREVIEW_SHARE
@@ -75,7 +84,65 @@ def _shrink(event: StatusEvent, limit: int) -> bytes:
         )
     if event.reason is not None:
         cut["reason"] = event.reason[:preview]
-    return event.model_copy(update=cut).model_dump_json(exclude_none=True).encode()
+    shrunk = event.model_copy(update=cut)
+    if event.timeline:
+        entry_preview = limit // _ENTRY_PREVIEW_SHARE
+        entries = [_cut_entry(entry, entry_preview) for entry in event.timeline]
+        shrunk = _fit_timeline(shrunk.model_copy(update={"timeline": entries}), limit)
+    return _json(shrunk)
+
+
+def _cut_entry(entry: TimelineEntry, preview: int) -> TimelineEntry:
+    """``entry`` with a long result cut to a preview of its JSON, and no stack trace."""
+    update: dict[str, Any] = {}
+    if entry.result is not None:
+        text = json.dumps(entry.result)
+        if len(text) > preview:
+            update["result"] = text[:preview]
+    if entry.failure is not None:
+        update["failure"] = entry.failure.model_copy(
+            update={"stack_trace": None, "message": entry.failure.message[:preview]}
+        )
+    return entry.model_copy(update=update) if update else entry
+
+
+def _fit_timeline(event: StatusEvent, limit: int) -> StatusEvent:
+    """``event`` whose timeline keeps its first entry (the run) and as many of the newest as
+    fit in ``limit``; how many were left out is said in ``reason`` (when it has none)."""
+    entries = event.timeline or []
+    note = event.reason is None
+
+    def with_entries(kept: list[TimelineEntry]) -> StatusEvent:
+        update: dict[str, Any] = {"timeline": kept}
+        if note and len(kept) < len(entries):
+            update["reason"] = (
+                f"timeline cut to fit: {len(entries) - len(kept)} of {len(entries)} entries "
+                "left out (the first and the newest are kept)"
+            )
+        return event.model_copy(update=update)
+
+    def size(candidate: StatusEvent) -> int:
+        return len(_json(candidate))
+
+    if size(event) <= limit:
+        return event
+    # Room for entries: what the event takes with none (and the longest note), then a
+    # separator (", ") before each entry after the first.
+    room = limit - size(with_entries([]))
+    sizes = [len(_json(entry)) for entry in entries]
+    head: list[TimelineEntry] = []
+    if sizes[0] <= room:
+        head, room = [entries[0]], room - sizes[0]
+    start = len(entries)
+    while start > len(head) and sizes[start - 1] + 2 <= room:
+        start -= 1
+        room -= sizes[start] + 2
+    kept = head + entries[start:]
+    fitted = with_entries(kept)
+    while kept and size(fitted) > limit:  # never expected: sizes are measured as serialised
+        kept = kept[1:]
+        fitted = with_entries(kept)
+    return fitted
 
 
 class StatusPublisher:

@@ -30,7 +30,7 @@ _MESSAGES: dict[str, tuple[str, type[BaseModel] | TypeAdapter[Any], str]] = {
     "workflow.control": (
         "control_topic",
         control_adapter,
-        "Suspend, resume, terminate, purge (one or bulk) or query an instance.",
+        "Suspend, resume, terminate, purge (one or bulk), query an instance or get its history.",
     ),
     "workflow.status": (
         "status_topic",

@@ -14,7 +14,7 @@ from dapr.clients.grpc._state import Concurrency, StateOptions
 
 from worker.gateway import InstanceState
 from worker.handlers.inbound import Inbound
-from worker.outcomes import Rejected
+from worker.outcomes import Missing, Rejected
 
 
 class FakeRpcError(grpc.RpcError):  # type: ignore[misc]
@@ -161,6 +161,7 @@ class FakeGateway:
     states: dict[str, InstanceState] = field(default_factory=dict)
     calls: list[tuple[Any, ...]] = field(default_factory=list)
     purge_rejects: set[str] = field(default_factory=set)
+    histories: dict[str, list[Any]] = field(default_factory=dict)  # HistoryEvents per instance
 
     def get_state(self, instance_id: str, *, payloads: bool = True) -> InstanceState | None:
         self.calls.append(("get_state", instance_id, payloads))
@@ -189,9 +190,15 @@ class FakeGateway:
     def instance_ids(self, page_size: int = 500) -> Iterator[str]:
         yield from list(self.states)
 
+    def history(self, instance_id: str) -> list[Any]:
+        self.calls.append(("history", instance_id))
+        if instance_id not in self.histories:
+            raise Missing(instance_id)
+        return self.histories[instance_id]
+
     def mutations(self) -> list[tuple[Any, ...]]:
         """Every call other than reads."""
-        return [c for c in self.calls if c[0] != "get_state"]
+        return [c for c in self.calls if c[0] not in ("get_state", "history")]
 
 
 def state(

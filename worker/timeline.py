@@ -1,0 +1,205 @@
+"""An instance's history, as daprd keeps it, turned into a compact timeline.
+
+`build_timeline` takes the history events that ``GetInstanceHistory`` returns (protobuf
+``HistoryEvent``s, oldest first) and makes one `TimelineEntry` per thing that happened, in the
+order each began:
+
+- ``run``: the run itself (executionStarted .. executionCompleted), with its outcome
+  (``completed``, ``failed``, ``terminated``, ``continued_as_new``), output or failure;
+- ``activity``: each activity call (taskScheduled .. taskCompleted / taskFailed, matched by the
+  scheduled event's id), with its result or failure;
+- ``report``: the same, for the worker's own status-report activity (``worker_report_status``):
+  the worker's plumbing, kept because it is part of the run (its time counts and it can fail),
+  but never counted among the user's activities;
+- ``child_workflow``: each child workflow (created .. completed / failed);
+- ``timer``: each durable timer (created .. fired), named by when it fires;
+- ``event_raised``: each external event, with its data;
+- ``suspended`` / ``resumed`` / ``terminated`` (with the reason or output given) and
+  ``continued_as_new`` (with the new input).
+
+A step with no answer is ``pending`` while the run goes on, and ``abandoned`` once the run has
+ended (the workflow no longer waits for it: a timer that lost a race, an activity left behind).
+The engine's own bookkeeping (orchestratorStarted/Completed) is left out. Times come from each
+event's timestamp, durations are in milliseconds, JSON payloads are parsed, and the worker's
+envelope around a run's input is taken off (`run_input`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from dapr.ext.workflow._durabletask.internal import orchestration_pb2
+from dapr.ext.workflow._durabletask.internal.history_events_pb2 import HistoryEvent
+from google.protobuf import timestamp_pb2, wrappers_pb2
+
+from worker.events import FailureInfo, TimelineEntry
+from worker.hosting import REPORT_ACTIVITY
+from worker.origin import unwrap
+
+PENDING = "pending"
+ABANDONED = "abandoned"
+_STATUS_PREFIX = "ORCHESTRATION_STATUS_"
+
+
+@dataclass
+class _Draft:
+    """A timeline entry while its closing event may still come."""
+
+    kind: str
+    name: str | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    outcome: str | None = None
+    result: Any = None
+    failure: FailureInfo | None = None
+
+    def close(self, at: datetime | None, outcome: str) -> None:
+        self.ended_at = at
+        self.outcome = outcome
+
+    def entry(self) -> TimelineEntry:
+        duration = None
+        if self.started_at is not None and self.ended_at is not None:
+            duration = round((self.ended_at - self.started_at).total_seconds() * 1000, 3)
+        return TimelineEntry(
+            kind=self.kind,
+            name=self.name,
+            started_at=self.started_at,
+            ended_at=self.ended_at,
+            duration_ms=duration,
+            outcome=self.outcome,
+            result=self.result,
+            failure=self.failure,
+        )
+
+
+def json_or_text(raw: str | None) -> Any:
+    """``raw`` parsed when it is JSON, else the text itself."""
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def _payload(holder: Any, field: str = "input") -> Any:
+    """The JSON payload in ``holder.<field>`` (a StringValue), or None when unset."""
+    if not holder.HasField(field):
+        return None
+    value: wrappers_pb2.StringValue = getattr(holder, field)
+    return json_or_text(value.value)
+
+
+def _time(stamp: timestamp_pb2.Timestamp, present: bool) -> datetime | None:
+    return stamp.ToDatetime(tzinfo=UTC) if present else None
+
+
+def _failure(details: orchestration_pb2.TaskFailureDetails) -> FailureInfo:
+    return FailureInfo(
+        message=details.errorMessage,
+        type=details.errorType or None,
+        stack_trace=details.stackTrace.value if details.HasField("stackTrace") else None,
+    )
+
+
+def _status(value: orchestration_pb2.OrchestrationStatus.ValueType) -> str:
+    """``ORCHESTRATION_STATUS_COMPLETED`` -> ``completed``."""
+    name: str = orchestration_pb2.OrchestrationStatus.Name(value)
+    return name.removeprefix(_STATUS_PREFIX).lower()
+
+
+def run_input(events: Iterable[HistoryEvent]) -> Any:
+    """The input the run was started with, without the worker's envelope (None if unknown)."""
+    for event in events:
+        if event.WhichOneof("eventType") == "executionStarted":
+            return unwrap(_payload(event.executionStarted))[1]
+    return None
+
+
+def build_timeline(events: Iterable[HistoryEvent]) -> list[TimelineEntry]:
+    """The timeline of one instance's history events (oldest first), oldest entry first."""
+    drafts: list[_Draft] = []
+    tasks: dict[int, _Draft] = {}  # open activities, by their taskScheduled event id
+    children: dict[int, _Draft] = {}  # open child workflows, by their created event id
+    timers: dict[int, _Draft] = {}  # unfired timers, by their timerCreated event id
+    run: _Draft | None = None
+
+    def opened(draft: _Draft) -> _Draft:
+        drafts.append(draft)
+        return draft
+
+    for event in events:
+        kind = event.WhichOneof("eventType")
+        at = _time(event.timestamp, event.HasField("timestamp"))
+        if kind == "executionStarted":
+            run = opened(_Draft("run", event.executionStarted.name, at, outcome=PENDING))
+        elif kind == "executionCompleted":
+            done = event.executionCompleted
+            if run is None:  # a history without its start (never seen): still report the end
+                run = opened(_Draft("run", started_at=None))
+            run.close(at, _status(done.workflowStatus))
+            run.result = _payload(done, "result")
+            if done.HasField("failureDetails"):
+                run.failure = _failure(done.failureDetails)
+        elif kind == "taskScheduled":
+            name = event.taskScheduled.name
+            step = "report" if name == REPORT_ACTIVITY else "activity"
+            tasks[event.eventId] = opened(_Draft(step, name, at, outcome=PENDING))
+        elif kind == "taskCompleted":
+            task = tasks.pop(event.taskCompleted.taskScheduledId, None)
+            if task is not None:
+                task.close(at, "completed")
+                task.result = _payload(event.taskCompleted, "result")
+        elif kind == "taskFailed":
+            task = tasks.pop(event.taskFailed.taskScheduledId, None)
+            if task is not None:
+                task.close(at, "failed")
+                task.failure = _failure(event.taskFailed.failureDetails)
+        elif kind == "childWorkflowInstanceCreated":
+            child = event.childWorkflowInstanceCreated
+            children[event.eventId] = opened(
+                _Draft("child_workflow", child.name, at, outcome=PENDING)
+            )
+        elif kind == "childWorkflowInstanceCompleted":
+            task = children.pop(event.childWorkflowInstanceCompleted.taskScheduledId, None)
+            if task is not None:
+                task.close(at, "completed")
+                task.result = _payload(event.childWorkflowInstanceCompleted, "result")
+        elif kind == "childWorkflowInstanceFailed":
+            task = children.pop(event.childWorkflowInstanceFailed.taskScheduledId, None)
+            if task is not None:
+                task.close(at, "failed")
+                task.failure = _failure(event.childWorkflowInstanceFailed.failureDetails)
+        elif kind == "timerCreated":
+            created = event.timerCreated
+            fires = _time(created.fireAt, created.HasField("fireAt"))
+            when = fires.isoformat() if fires is not None else None
+            timers[event.eventId] = opened(_Draft("timer", when, at, outcome=PENDING))
+        elif kind == "timerFired":
+            timer = timers.pop(event.timerFired.timerId, None)
+            if timer is not None:
+                timer.close(at, "fired")
+        elif kind == "eventRaised":
+            raised = event.eventRaised
+            opened(_Draft("event_raised", raised.name, at, result=_payload(raised)))
+        elif kind == "executionSuspended":
+            opened(_Draft("suspended", started_at=at, result=_payload(event.executionSuspended)))
+        elif kind == "executionResumed":
+            opened(_Draft("resumed", started_at=at, result=_payload(event.executionResumed)))
+        elif kind == "executionTerminated":
+            opened(_Draft("terminated", started_at=at, result=_payload(event.executionTerminated)))
+        elif kind == "continueAsNew":
+            new_input = unwrap(_payload(event.continueAsNew))[1]
+            opened(_Draft("continued_as_new", started_at=at, result=new_input))
+        # workflowStarted/workflowCompleted (orchestratorStarted/Completed) are the engine's
+        # bookkeeping; eventSent, executionStalled and detached children are not shown.
+
+    if run is not None and run.outcome != PENDING:
+        for draft in (*tasks.values(), *children.values(), *timers.values()):
+            draft.outcome = ABANDONED  # the run ended without waiting for it
+    return [draft.entry() for draft in drafts]
