@@ -9,8 +9,8 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 
-from worker.config import load_settings
-from worker.service import WorkerService
+from worker.config import Settings, load_settings
+from worker.service import Addon, WorkerService
 
 log = logging.getLogger("worker")
 
@@ -24,8 +24,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.addHandler(handler)  # the worker's loggers; the SDK's have handlers of their own
     log.setLevel(settings.log_level.upper())
     log.propagate = False
-    serve(WorkerService(settings))
+    serve(WorkerService(settings, addons=addons_for(settings)))
     return 0
+
+
+def addons_for(settings: Settings) -> list[Addon]:
+    """The surfaces built on the core that these settings turn on."""
+    addons: list[Addon] = []
+    if settings.watch_enabled:
+        from worker.watch import Watch
+
+        addons.append(Watch())
+    return addons
 
 
 def serve(service: WorkerService, on_ready: Callable[[], None] | None = None) -> None:

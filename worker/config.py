@@ -112,10 +112,44 @@ class Settings(BaseSettings):
         "(yet) is parked and retried for this long before it is rejected: it may have been "
         "published right after the start that creates the instance.",
     )
+    watch_enabled: bool = Field(
+        default=True,
+        description="Publish every status change of the hosted instances, also those made "
+        "by others (the dapr CLI, other clients, daprd's retention policy): worker.watch.",
+    )
+    watch_sweep_seconds: float = Field(
+        default=5.0,
+        ge=0.5,
+        le=30.0,
+        description="How often the watch lists the instances: a purge is published within this.",
+    )
+    watch_recheck_seconds: float = Field(
+        default=60.0,
+        ge=1.0,
+        description="How often the watch re-reads each unfinished instance (a change is "
+        "normally seen at once; this catches what was missed, and stalls).",
+    )
+    watch_lease_seconds: float = Field(
+        default=20.0,
+        ge=2.0,
+        description="One replica sweeps at a time; another takes over this long after it dies.",
+    )
+    stall_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="A step (activity, child workflow) in flight longer than this is "
+        "published as `stalled`.",
+    )
     log_level: str = "INFO"
     sdk_log_level: str = Field(
         default="WARNING", description="Log level of the Dapr SDK's workflow client and runtime."
     )
+
+    @model_validator(mode="after")
+    def _lease_outlives_sweeps(self) -> Settings:
+        if self.watch_lease_seconds < 2 * self.watch_sweep_seconds:
+            raise ValueError("watch_lease_seconds must be at least twice watch_sweep_seconds")
+        return self
 
     @model_validator(mode="after")
     def _distinct_topics(self) -> Settings:

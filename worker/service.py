@@ -16,7 +16,9 @@ import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 from dapr.clients import DaprClient
 from dapr.clients.grpc._response import TopicEventResponseStatus
@@ -26,6 +28,7 @@ from dapr.ext.workflow import WorkflowRuntime
 
 from worker.app import Subscriber, build_app
 from worker.config import Settings
+from worker.expectations import Expectations
 from worker.gateway import WorkflowGateway
 from worker.handlers.approval import ApprovalHandler
 from worker.handlers.control import ControlHandler
@@ -71,6 +74,27 @@ def _sidecar_probes_app() -> float | None:
     return float(interval.group(1)) if interval else 5.0
 
 
+@dataclass(frozen=True)
+class Parts:
+    """What an add-on (the watch, ...) may use of a starting service."""
+
+    settings: Settings
+    gateway: WorkflowGateway
+    publisher: StatusPublisher
+    state: DaprClient
+    runtime: WorkflowRuntime
+    notes: Expectations | None
+    stopping: threading.Event
+
+
+class Addon(Protocol):
+    """A surface built on the core. ``start`` runs before the workflow runtime connects."""
+
+    def start(self, parts: Parts) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 # After the sidecar's first healthy probe it starts its subscriptions in the background.
 _SUBSCRIBE_SETTLE_SECONDS = 0.3
 
@@ -80,8 +104,10 @@ class WorkerService:
         self,
         settings: Settings,
         extra_subscriptions: Mapping[tuple[str, str], Subscriber] | None = None,
+        addons: Sequence[Addon] = (),
     ) -> None:
         self.settings = settings
+        self._addons = list(addons)
         self._extra_subscriptions = extra_subscriptions
         self._ready = threading.Event()
         self._acting = threading.Event()  # the workflow runtime is connected
@@ -123,10 +149,15 @@ class WorkerService:
             grace_seconds=s.unknown_instance_grace_seconds,
             ready=self._acting,
         )
+        notes = (
+            Expectations(self._dapr, s.state_store, s.idempotency_ttl_seconds)
+            if s.watch_enabled
+            else None
+        )
         handlers: dict[str, TopicHandler] = {
             s.start_topic: StartHandler(self._gateway, allowed),
-            s.approval_topic: ApprovalHandler(self._gateway),
-            s.control_topic: ControlHandler(self._gateway),
+            s.approval_topic: ApprovalHandler(self._gateway, notes),
+            s.control_topic: ControlHandler(self._gateway, notes),
         }
         self._app = build_app(s, self._pipeline, handlers, self._healthy, self._extra_subscriptions)
         app = self._app
@@ -136,6 +167,9 @@ class WorkerService:
         self._server_thread.start()
         _wait_for_port(s.app_port, 30)
         log.info("gRPC app listening on %d; starting the workflow runtime", s.app_port)
+        parts = Parts(s, self._gateway, publisher, self._dapr, runtime, notes, self._stopped)
+        for addon in self._addons:
+            addon.start(parts)
         runtime.start()
         self._runtime = runtime
         self._acting.set()
@@ -198,6 +232,11 @@ class WorkerService:
             except Exception:
                 log.exception("stopping the workflow runtime")
             settle_until = time.monotonic() + self.settings.stop_settle_seconds
+        for addon in self._addons:
+            try:
+                addon.stop()
+            except Exception:
+                log.exception("stopping %s", type(addon).__name__)
         if self._app is not None:
             self._app.stop()
         for closeable in (self._gateway, self._dapr):

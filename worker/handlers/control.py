@@ -1,4 +1,4 @@
-"""`workflow.control`: suspend, resume, terminate, purge (one or in bulk) and query."""
+"""`workflow.control`: suspend, resume, terminate, purge (one or in bulk), query, history."""
 
 from __future__ import annotations
 
@@ -9,13 +9,24 @@ from datetime import UTC, datetime
 from typing import Any
 
 from worker.events import EventType, now
+from worker.expectations import Expectations
 from worker.gateway import ACTIVE_STATUSES, TERMINAL_STATUSES, InstanceState, WorkflowGateway
 from worker.handlers.inbound import Inbound, parse
 from worker.handlers.report import report
 from worker.idempotency import Begin, Claim
-from worker.messages import ControlAction, Purge, Query, Resume, Suspend, Terminate, control_adapter
+from worker.messages import (
+    ControlAction,
+    History,
+    Purge,
+    Query,
+    Resume,
+    Suspend,
+    Terminate,
+    control_adapter,
+)
 from worker.outcomes import Missing, Rejected
 from worker.publisher import Outbound
+from worker.timeline import build_timeline, run_input
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +65,10 @@ PURGE = Transition(
 
 
 class ControlHandler:
-    def __init__(self, gateway: WorkflowGateway) -> None:
+    def __init__(self, gateway: WorkflowGateway, notes: Expectations | None = None) -> None:
+        """``notes``: where to note a change before making it (when something watches)."""
         self._gateway = gateway
+        self._notes = notes
 
     def handle(self, message: Inbound, claim: Claim) -> list[Outbound]:
         request: ControlAction = parse(message, control_adapter)
@@ -113,6 +126,19 @@ class ControlHandler:
                         custom_status=state.custom_status,
                     )
                 ]
+            case History():
+                state = self._existing(request.instance_id)
+                history = g.history(request.instance_id)  # Missing when purged meanwhile
+                return [
+                    report(
+                        message,
+                        EventType.HISTORY,
+                        request.instance_id,
+                        state=state,
+                        input=run_input(history),
+                        timeline=build_timeline(history),
+                    )
+                ]
         raise Rejected(f"unsupported control message {request!r}")  # pragma: no cover
 
     def _existing(self, instance_id: str, *, payloads: bool = False) -> InstanceState:
@@ -157,7 +183,14 @@ class ControlHandler:
                 workflow=state.workflow,
             )
         at = now()
-        call()
+        if self._notes is not None:
+            self._notes.expect_status(instance_id, change.target)
+        try:
+            call()
+        except Exception:
+            if self._notes is not None:
+                self._notes.withdraw_status(instance_id, change.target)
+            raise
         return [
             report(
                 message,
@@ -186,9 +219,13 @@ class ControlHandler:
             ):
                 continue
             at = now()
+            if self._notes is not None:
+                self._notes.expect_status(instance_id, PURGE.target)
             try:
                 self._gateway.purge(instance_id, request.recursive)
             except Rejected as error:  # gone meanwhile: someone else purged it
+                if self._notes is not None:
+                    self._notes.withdraw_status(instance_id, PURGE.target)
                 log.info("bulk purge skipped %s: %s", instance_id, error)
                 continue
             events.append(

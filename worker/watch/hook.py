@@ -1,0 +1,63 @@
+"""Learns of changes to running instances the moment the sidecar hands them to this app.
+
+daprd delivers every change to a running instance (suspend, resume, terminate, an event
+raised, a new run) to the app's workflow stream as new history events of a work item. The SDK
+(1.18.3) handles them inside its worker and offers no callback, so this wraps the worker's
+private ``_execute_orchestrator`` and passes each instance id on after the work item was run.
+That is an SDK internal: if it moves, `install` says so and the watch carries on with its sweep
+alone (changes then reach the feed within ``watch_recheck_seconds`` instead of at once).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from dapr.ext.workflow import WorkflowRuntime
+
+from worker.origin import unwrap
+from worker.watch.watcher import hinted
+
+log = logging.getLogger(__name__)
+
+
+def install(runtime: WorkflowRuntime, on_change: Callable[[str, bool], None]) -> bool:
+    """Call ``on_change(instance_id, raised)`` after each work item that changes an instance."""
+    sdk_worker = getattr(runtime, "_WorkflowRuntime__worker", None)
+    execute = getattr(sdk_worker, "_execute_orchestrator", None)
+    if sdk_worker is None or execute is None:
+        log.warning("watch: the SDK's workflow worker has moved; watching by sweep only")
+        return False
+
+    def execute_and_tell(request: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return execute(request, *args, **kwargs)
+        finally:
+            try:
+                kinds = [event.WhichOneof("eventType") for event in request.newEvents]
+                wanted, raised = hinted(kinds)
+                if wanted and (raised or not _started_by_worker(request)):
+                    on_change(request.instanceId, raised)
+            except Exception:  # never let the watch break workflow execution
+                log.debug("watch: could not read a work item", exc_info=True)
+
+    sdk_worker._execute_orchestrator = execute_and_tell
+    return True
+
+
+def _started_by_worker(request: Any) -> bool:
+    """A new run that the worker's own start message made (its handler reports it)."""
+    for event in request.newEvents:
+        if event.WhichOneof("eventType") != "executionStarted":
+            continue
+        started = event.executionStarted
+        if not started.HasField("input"):
+            return False
+        try:
+            origin, _ = unwrap(json.loads(started.input.value))
+        except ValueError:
+            return False
+        return origin is not None and origin.started(request.instanceId)
+    return False  # suspend, resume, terminate: not a start

@@ -1,0 +1,443 @@
+"""Publishes every status change of every hosted instance that the worker did not make itself.
+
+Two ways of learning of a change:
+- **Hints** (at once): the sidecar hands every change to a running instance (suspend, resume,
+  terminate, an event raised, a new run) to this app's workflow stream; `worker.watch.hook`
+  passes the instance id here, and it is checked within a fraction of a second, on whichever
+  replica got it.
+- **The sweep** (every ``watch_sweep_seconds``, in one replica at a time, by lease): lists the
+  app-id's instance ids and compares them with the inventory it keeps in the state store. An id
+  that is gone was purged (also by daprd's retention policy, or while the worker was down); a
+  new id is checked; an unfinished instance is re-checked every ``watch_recheck_seconds``, and
+  one whose step has been in flight longer than ``stall_seconds`` is reported `stalled`.
+
+A check compares the sidecar's state with what the feed last accounted for (`Seen`, in the
+state store) and publishes the difference as events with ``observed: true`` and no
+correlation_id, under ids derived from the change itself, so replicas that see the same change
+publish it under one id. Changes the worker makes itself are noted before they are made
+(`worker.expectations`) and left to the handler that reports them; completions and failures
+are reported by the workflows themselves (`worker.hosting`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from worker.events import EventType, StatusEvent, TimelineEntry, as_utc, now, stable_event_id
+from worker.expectations import Expectations
+from worker.gateway import ACTIVE_STATUSES, InstanceState, WorkflowGateway
+from worker.outcomes import Missing, Rejected, Transient
+from worker.publisher import Outbound, StatusPublisher
+from worker.watch.records import Records, Seen
+from worker.watch.steps import pending_steps, raised_events
+
+log = logging.getLogger(__name__)
+
+_CONFLICT_TRIES = 5
+_HINT_BATCH_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    sweep_seconds: float = 5.0
+    recheck_seconds: float = 60.0
+    lease_seconds: float = 20.0
+    stall_seconds: float = 300.0
+
+
+@dataclass
+class _Hints:
+    """Instance ids to check soon, and whether an event was raised into them."""
+
+    pending: dict[str, bool] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    ready: threading.Event = field(default_factory=threading.Event)
+
+    def add(self, instance_id: str, raised: bool) -> None:
+        with self.lock:
+            self.pending[instance_id] = self.pending.get(instance_id, False) or raised
+        self.ready.set()
+
+    def take(self) -> dict[str, bool]:
+        with self.lock:
+            taken, self.pending = self.pending, {}
+            self.ready.clear()
+        return taken
+
+
+class Watcher:
+    def __init__(
+        self,
+        gateway: WorkflowGateway,
+        publisher: StatusPublisher,
+        notes: Expectations,
+        records: Records,
+        settings: WatchSettings,
+    ) -> None:
+        self._gateway = gateway
+        self._publisher = publisher
+        self._notes = notes
+        self._records = records
+        self._settings = settings
+        self._hints = _Hints()
+        self._known: dict[str, str] | None = None  # the inventory, while this replica sweeps
+        self._checked_at: dict[str, float] = {}
+        self._quiet: dict[str, datetime | None] = {}  # waiting on an event/timer, not a step
+        self.sweeps = 0
+        self.last_sweep_seconds = 0.0
+
+    # --- entry points -----------------------------------------------------------------------
+
+    def hint(self, instance_id: str, raised: bool = False) -> None:
+        """Something happened to ``instance_id``: check it soon."""
+        self._hints.add(instance_id, raised)
+
+    def run(self, stopping: threading.Event) -> None:
+        """Check hinted instances and sweep, until ``stopping`` is set."""
+        checker = threading.Thread(
+            target=self._check_hints, args=(stopping,), name="watch-hints", daemon=True
+        )
+        checker.start()
+        while not stopping.wait(self._settings.sweep_seconds):
+            try:
+                self.sweep()
+            except Transient as error:
+                log.warning(
+                    "watch: sweep failed (%s); next one in %.0fs",
+                    error,
+                    self._settings.sweep_seconds,
+                )
+            except Exception:
+                log.exception("watch: sweep failed")
+        checker.join(timeout=5)
+        with contextlib.suppress(Transient):
+            self._records.release_lease()  # the next replica need not wait for it to expire
+
+    def _check_hints(self, stopping: threading.Event) -> None:
+        while not stopping.is_set():
+            if not self._hints.ready.wait(0.5):
+                continue
+            time.sleep(_HINT_BATCH_SECONDS)  # let the sidecar settle the change it dispatched
+            for instance_id, raised in self._hints.take().items():
+                try:
+                    self.check(instance_id, raised=raised)
+                except Exception as error:
+                    log.warning(
+                        "watch: check of %s failed (%s); the sweep will retry", instance_id, error
+                    )
+
+    # --- the sweep ----------------------------------------------------------------------------
+
+    def sweep(self) -> None:
+        """One pass over the app-id's instances, if this replica holds the lease."""
+        if not self._records.hold_lease(self._settings.lease_seconds):
+            if self._known is not None:
+                log.info("watch: another replica sweeps now")
+            self._known = None
+            return
+        began = time.monotonic()
+        baseline = False
+        if self._known is None:
+            stored = self._records.known()
+            baseline = stored is None  # the first sweep ever: note what exists, report nothing
+            self._known = stored or {}
+            log.info("watch: this replica sweeps (%d instances known)", len(self._known))
+        known = self._known
+        changed = False
+        listed = list(self._gateway.instance_ids())
+        present = set(listed)
+        for instance_id in [i for i in known if i not in present]:  # purged
+            self.check(instance_id)
+            del known[instance_id]
+            changed = True
+        for instance_id in listed:
+            status = known.get(instance_id)
+            due = status is None or (
+                status in ACTIVE_STATUSES
+                and time.monotonic() - self._checked_at.get(instance_id, 0.0)
+                >= self._settings.recheck_seconds
+            )
+            if not due:
+                continue
+            if time.monotonic() - began > self._settings.lease_seconds / 2:
+                if not self._records.hold_lease(self._settings.lease_seconds):
+                    self._known = None
+                    return
+                began = time.monotonic()
+            found = self.check(instance_id, report=not baseline, stalls=True)
+            self._checked_at[instance_id] = time.monotonic()
+            if found is None:
+                known.pop(instance_id, None)
+                changed = True
+            elif found != status:
+                known[instance_id] = found
+                changed = True
+        if changed or baseline:
+            self._records.save_known(known)
+        self.sweeps += 1
+        self.last_sweep_seconds = time.monotonic() - began
+
+    # --- one instance ---------------------------------------------------------------------------
+
+    def check(
+        self, instance_id: str, *, raised: bool = False, report: bool = True, stalls: bool = False
+    ) -> str | None:
+        """Publish what changed on ``instance_id`` since the feed last accounted for it.
+
+        ``raised``: an event was raised into it (read its history). ``stalls``: look for a step
+        in flight for too long. ``report``: False notes the state without publishing (the
+        first sweep ever). Returns the instance's status, None when it is gone.
+        """
+        for _ in range(_CONFLICT_TRIES):
+            state = self._gateway.get_state(instance_id, payloads=False)
+            seen, etag = self._records.seen(instance_id)
+            if state is None:
+                self._gone(instance_id, seen, report)
+                return None
+            run = _iso(state.created_at)
+            events: list[Outbound] = []
+            if seen is None or seen.run != run:
+                seen, started = self._new_run(instance_id, state, run)
+                events += started
+            previous = Seen(seen.run, seen.status, dict(seen.raised), seen.stalled)
+            events += self._status_change(instance_id, state, seen)
+            if raised:
+                events += self._raised(instance_id, state, seen)
+            if stalls or seen.stalled is not None:
+                events += self._stall(instance_id, state, seen)
+            if report:
+                self._publisher.publish_all(events)
+            if seen == previous and etag is not None:
+                return state.status
+            if self._records.save_seen(instance_id, seen, etag):
+                return state.status
+        raise Transient(f"watch: {instance_id} kept changing under concurrent checks")
+
+    def _gone(self, instance_id: str, seen: Seen | None, report: bool) -> None:
+        if seen is None:
+            return  # never accounted for: nothing to report
+        expected = self._notes.consume_status(instance_id, "PURGED")
+        if report and not expected:
+            self._publisher.publish(
+                self._observed(
+                    instance_id,
+                    EventType.PURGED,
+                    seen.run,
+                    status="PURGED",
+                    previous_status=seen.status,
+                    at=now(),
+                    key=seen.run,
+                )
+            )
+        self._records.forget_seen(instance_id)
+        self._notes.forget(instance_id)
+        self._checked_at.pop(instance_id, None)
+        self._quiet.pop(instance_id, None)
+
+    def _new_run(
+        self, instance_id: str, state: InstanceState, run: str
+    ) -> tuple[Seen, list[Outbound]]:
+        """A run the feed has not accounted for: its start, unless the worker started it."""
+        full = self._gateway.get_state(instance_id, payloads=True) or state
+        by_worker = full.origin is not None and full.origin.started(instance_id)
+        if by_worker:
+            # Its handler reported `started` (or `scheduled`, and the workflow `started`).
+            return Seen(run=run, status="PENDING" if state.status == "PENDING" else "RUNNING"), []
+        kind = EventType.SCHEDULED if state.status == "PENDING" else EventType.STARTED
+        status = "PENDING" if kind is EventType.SCHEDULED else "RUNNING"
+        event = self._observed(
+            instance_id,
+            kind,
+            run,
+            status=status,
+            workflow=state.workflow,
+            created_at=state.created_at,
+            at=state.created_at or now(),
+            key=run,
+        )
+        return Seen(run=run, status=status), [event]
+
+    def _status_change(self, instance_id: str, state: InstanceState, seen: Seen) -> list[Outbound]:
+        was, status = seen.status, state.status
+        if status == was:
+            return []
+        seen.status = status
+        if status in ("COMPLETED", "FAILED"):
+            return []  # the workflow reports its own end (worker.hosting)
+        if status == "SUSPENDED":
+            kind = EventType.SUSPENDED
+        elif status == "RUNNING" and was == "SUSPENDED":
+            kind = EventType.RESUMED
+        elif status == "RUNNING" and was == "PENDING":
+            kind = EventType.STARTED
+        elif status == "TERMINATED":
+            kind = EventType.TERMINATED
+        else:
+            return []
+        expected_status = "RUNNING" if kind is EventType.RESUMED else status
+        if kind is not EventType.STARTED and self._notes.consume_status(
+            instance_id, expected_status
+        ):
+            return []  # the worker made this change; its handler reports it
+        if kind is EventType.STARTED and self._was_worker_delayed_start(instance_id):
+            return []
+        when = state.last_updated_at or now()
+        return [
+            self._observed(
+                instance_id,
+                kind,
+                seen.run,
+                status=status,
+                previous_status=was,
+                workflow=state.workflow,
+                created_at=state.created_at,
+                last_updated_at=state.last_updated_at,
+                at=when,
+                key=_iso(when),
+            )
+        ]
+
+    def _was_worker_delayed_start(self, instance_id: str) -> bool:
+        full = self._gateway.get_state(instance_id, payloads=True)
+        return bool(full and full.origin is not None and full.origin.started(instance_id))
+
+    def _raised(self, instance_id: str, state: InstanceState, seen: Seen) -> list[Outbound]:
+        """Events raised by others: what the history holds beyond the worker's and the
+        feed's own count."""
+        by_worker = self._notes.get(instance_id).raised
+        out: list[Outbound] = []
+        counts: dict[str, int] = {}
+        history = self._history(instance_id)
+        for raised in raised_events(history):
+            counts[raised.name or ""] = counts.get(raised.name or "", 0) + 1
+            nth = counts[raised.name or ""]
+            if nth <= by_worker.get(raised.name or "", 0) + seen.raised.get(raised.name or "", 0):
+                continue
+            seen.raised[raised.name or ""] = seen.raised.get(raised.name or "", 0) + 1
+            out.append(
+                self._observed(
+                    instance_id,
+                    EventType.EVENT_RAISED,
+                    seen.run,
+                    status=state.status,
+                    workflow=state.workflow,
+                    event_name=raised.name,
+                    at=raised.started_at or now(),
+                    key=f"{raised.name}#{nth}",
+                )
+            )
+        return out
+
+    def _stall(self, instance_id: str, state: InstanceState, seen: Seen) -> list[Outbound]:
+        """`stalled` once for a step in flight longer than the threshold; `unstalled` once it
+        has moved."""
+        if state.status != "RUNNING" and seen.stalled is None:
+            return []
+        updated = state.last_updated_at
+        idle = (now() - as_utc(updated)).total_seconds() if updated else 0.0
+        if seen.stalled is None and (
+            idle < self._settings.stall_seconds or self._quiet.get(instance_id, 0) == updated
+        ):
+            return []
+        late = [
+            step
+            for step in pending_steps(self._history(instance_id))
+            if step.started_at is not None
+            and (now() - step.started_at).total_seconds() >= self._settings.stall_seconds
+        ]
+        if not late and seen.stalled is None:
+            self._quiet[instance_id] = updated  # waiting on an event or a timer: fine
+            return []
+        key = _step_key(late[0]) if late and state.status == "RUNNING" else None
+        if key == seen.stalled:
+            return []
+        out = []
+        if seen.stalled is not None:
+            out.append(
+                self._observed(
+                    instance_id,
+                    EventType.UNSTALLED,
+                    seen.run,
+                    status=state.status,
+                    workflow=state.workflow,
+                    at=now(),
+                    key=seen.stalled,
+                )
+            )
+        if key is not None:
+            out.append(
+                self._observed(
+                    instance_id,
+                    EventType.STALLED,
+                    seen.run,
+                    status=state.status,
+                    workflow=state.workflow,
+                    step=late[0],
+                    reason=f"{late[0].kind} {late[0].name!r} in flight since "
+                    f"{_iso(late[0].started_at)}",
+                    at=now(),
+                    key=key,
+                )
+            )
+        seen.stalled = key
+        return out
+
+    def _history(self, instance_id: str) -> list[Any]:
+        try:
+            return list(self._gateway.history(instance_id))
+        except (Missing, Rejected):
+            return []
+
+    def _observed(
+        self,
+        instance_id: str,
+        kind: EventType,
+        run: str,
+        *,
+        at: datetime,
+        key: str,
+        **fields: object,
+    ) -> Outbound:
+        event = StatusEvent.model_validate(
+            {
+                "event": kind,
+                "instance_id": instance_id,
+                "occurred_at": at,
+                "observed": True,
+                **fields,
+            }
+        )
+        return Outbound(stable_event_id(instance_id, run, "observed", kind.value, key), event)
+
+
+def _iso(value: datetime | None) -> str:
+    return as_utc(value).isoformat() if value is not None else ""
+
+
+def _step_key(step: TimelineEntry) -> str:
+    return f"{step.kind}:{step.name}:{_iso(step.started_at)}"
+
+
+def hinted(kinds: Iterable[str]) -> tuple[bool, bool]:
+    """Whether new history events of these kinds call for a check, and whether one is an
+    event raised. Steps finishing (the bulk of all work items) do not."""
+    wanted = False
+    raised = False
+    for kind in kinds:
+        if kind == "eventRaised":
+            wanted = raised = True
+        elif kind in (
+            "executionStarted",
+            "executionSuspended",
+            "executionResumed",
+            "executionTerminated",
+        ):
+            wanted = True
+    return wanted, raised
