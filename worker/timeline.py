@@ -1,8 +1,8 @@
 """An instance's history, as daprd keeps it, turned into a compact timeline.
 
 `build_timeline` takes the history events that ``GetInstanceHistory`` returns (protobuf
-``HistoryEvent``s, oldest first) and makes one `TimelineEntry` per thing that happened, in the
-order each began:
+``HistoryEvent``s, oldest first) and makes one `TimelineEntry` per thing that happened, oldest
+first (by when each began):
 
 - ``run``: the run itself (executionStarted .. executionCompleted), with its outcome
   (``completed``, ``failed``, ``terminated``, ``continued_as_new``), output or failure;
@@ -12,7 +12,8 @@ order each began:
   the worker's plumbing, kept because it is part of the run (its time counts and it can fail),
   but never counted among the user's activities;
 - ``child_workflow``: each child workflow (created .. completed / failed);
-- ``timer``: each durable timer (created .. fired), named by when it fires;
+- ``timer``: each durable timer (created .. fired), named by when it fires (not the marker
+  timer the SDK sets for a wait for an event without a timeout: it never fires);
 - ``event_raised``: each external event, with its data;
 - ``suspended`` / ``resumed`` / ``terminated`` (with the reason or output given) and
   ``continued_as_new`` (with the new input).
@@ -43,6 +44,10 @@ from worker.origin import unwrap
 PENDING = "pending"
 ABANDONED = "abandoned"
 _STATUS_PREFIX = "ORCHESTRATION_STATUS_"
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+# The SDK backs a wait for an external event without a timeout with a timer that never fires
+# (fireAt 9999-12-31T23:59:59.999999999Z): a marker of the wait, not a timer of the user's.
+_NEVER_SECONDS = 253_402_300_799
 
 
 @dataclass
@@ -177,8 +182,13 @@ def build_timeline(events: Iterable[HistoryEvent]) -> list[TimelineEntry]:
                 task.failure = _failure(event.childWorkflowInstanceFailed.failureDetails)
         elif kind == "timerCreated":
             created = event.timerCreated
+            if created.fireAt.seconds >= _NEVER_SECONDS and created.WhichOneof("origin") in (
+                None,
+                "externalEvent",
+            ):
+                continue  # an indefinite wait: the event, when it comes, is its own entry
             fires = _time(created.fireAt, created.HasField("fireAt"))
-            when = fires.isoformat() if fires is not None else None
+            when = fires.isoformat().replace("+00:00", "Z") if fires is not None else None
             timers[event.eventId] = opened(_Draft("timer", when, at, outcome=PENDING))
         elif kind == "timerFired":
             timer = timers.pop(event.timerFired.timerId, None)
@@ -202,4 +212,7 @@ def build_timeline(events: Iterable[HistoryEvent]) -> list[TimelineEntry]:
     if run is not None and run.outcome != PENDING:
         for draft in (*tasks.values(), *children.values(), *timers.values()):
             draft.outcome = ABANDONED  # the run ended without waiting for it
+    # History order is the order the workflow saw things; an event raised while the workflow
+    # was busy is stamped when it was raised: oldest first is by start time (stable).
+    drafts.sort(key=lambda draft: draft.started_at or _EARLIEST)
     return [draft.entry() for draft in drafts]

@@ -84,7 +84,15 @@ def _approved_order() -> list[h.HistoryEvent]:
     return [
         *_noise(0),
         _started(0, "approval_workflow", wrapped),
-        _timer(0.01, 0, fires_after=300),
+        _event(  # wait_for_external_event without a timeout: the SDK's marker timer
+            0.01,
+            0,
+            timerCreated=h.TimerCreatedEvent(
+                fireAt=timestamp_pb2.Timestamp(seconds=253402300799, nanos=999999999),
+                externalEvent=h.TimerOriginExternalEvent(name="approval_decision"),
+            ),
+        ),
+        _timer(0.01, 3, fires_after=300),
         *_noise(5),
         _event(
             5,
@@ -107,7 +115,7 @@ def test_finished_approval() -> None:
     timeline = build_timeline(_approved_order())
     assert [(e.kind, e.name, e.outcome) for e in timeline] == [
         ("run", "approval_workflow", "completed"),
-        ("timer", (T0 + timedelta(seconds=300.01)).isoformat(), "abandoned"),
+        ("timer", "2026-11-22T10:05:00.010000Z", "abandoned"),
         ("event_raised", "approval_decision", None),
         ("activity", "process_order", "completed"),
         ("report", "worker_report_status", "completed"),
@@ -165,7 +173,7 @@ def test_failed_pending_fired_child_and_suspension_in_a_running_instance() -> No
     assert [(e.kind, e.name, e.outcome) for e in timeline] == [
         ("run", "tasks_workflow", "pending"),
         ("activity", "charge", "failed"),
-        ("timer", (T0 + timedelta(seconds=2.1)).isoformat(), "fired"),
+        ("timer", "2026-11-22T10:00:02.100000Z", "fired"),
         ("activity", "ship", "pending"),
         ("child_workflow", "child_workflow", "completed"),
         ("suspended", None, None),
@@ -241,6 +249,22 @@ def test_continued_as_new_shows_the_users_new_input() -> None:
     assert run.outcome == "continued_as_new"
     assert continued.kind == "continued_as_new"
     assert continued.result == {"counter": 3}
+
+
+def test_oldest_first_by_when_each_began() -> None:
+    """An event raised while an activity ran is recorded after the activity's answer."""
+    events = [
+        _started(0, "w", None),
+        _scheduled(1, 0, "slow"),
+        _completed(9, 0),
+        _event(
+            5,
+            eventRaised=h.EventRaisedEvent(name="poke", input=wrappers_pb2.StringValue(value="1")),
+        ),
+    ]
+    assert [e.name for e in build_timeline(events)] == ["w", "slow", "poke"]
+    reordered = [events[0], events[3], events[1], events[2]]
+    assert [e.name for e in build_timeline(reordered)] == ["w", "slow", "poke"]
 
 
 def test_engine_bookkeeping_and_unmatched_answers_are_left_out() -> None:
