@@ -22,7 +22,7 @@ from jsonschema import Draft202012Validator
 SCHEMA = Path(__file__).resolve().parent.parent / "docs" / "schemas" / "workflow.status.schema.json"
 
 # Events about a request or a query, not a change of the instance.
-_NOT_CHANGES = frozenset({"rejected", "state"})
+_NOT_CHANGES = frozenset({"rejected", "state", "history", "stalled", "unstalled"})
 _ENDS = frozenset({"completed", "failed", "terminated"})
 
 

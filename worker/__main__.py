@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = load_settings(sys.argv[1:] if argv is None else argv)
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>`: every thread's stack, to stderr
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     log.addHandler(handler)  # the worker's loggers; the SDK's have handlers of their own

@@ -7,7 +7,13 @@ watcher that sees the change also finds the note, and leaves the reporting to th
 publishes it under its own stable id). A note the change never follows (the call failed) is
 taken back, and every note expires after `NOTE_SECONDS`.
 
-Key: ``wfw|expect|<instance id>`` = ``{"statuses": {status: until}, "raised": {name: count}}``.
+A note is used up by the change it announced, not deleted: it remembers which change that was
+(the sidecar's update time), so two watchers that look at the same change at once both find it
+(neither publishes it twice), while a later change to the same status by someone else is not
+mistaken for the worker's.
+
+Key: ``wfw|expect|<instance id>`` =
+``{"statuses": {status: {"until": t, "used_by": change or null}}, "raised": {name: count}}``.
 """
 
 from __future__ import annotations
@@ -35,11 +41,17 @@ _TRIES = 20
 class Notes:
     """The notes on one instance."""
 
-    statuses: dict[str, float] = field(default_factory=dict)  # status -> valid until (epoch)
+    # status -> {"until": epoch seconds, "used_by": the change it accounted for, or None}
+    statuses: dict[str, dict[str, Any]] = field(default_factory=dict)
     raised: dict[str, int] = field(default_factory=dict)  # event name -> raised by the worker
 
-    def expects(self, status: str, now: float | None = None) -> bool:
-        return self.statuses.get(status, 0.0) >= (now or time.time())
+    def expects(self, status: str, change: str) -> bool:
+        """Whether a live note announced ``change`` to ``status`` (or announced a change to
+        it that no change has used yet)."""
+        note = self.statuses.get(status)
+        if note is None or float(note["until"]) < time.time():
+            return False
+        return note.get("used_by") in (None, change)
 
     def to_json(self) -> str:
         return json.dumps({"statuses": self.statuses, "raised": self.raised})
@@ -67,7 +79,7 @@ class Expectations:
         until = time.time() + NOTE_SECONDS
 
         def note(notes: Notes) -> None:
-            notes.statuses[status] = until
+            notes.statuses[status] = {"until": until, "used_by": None}
 
         self._update(instance_id, note)
 
@@ -87,13 +99,20 @@ class Expectations:
 
         self._quietly(instance_id, note)
 
-    def consume_status(self, instance_id: str, status: str) -> bool:
-        """Whether a live note expected ``status``; the note is used up either way."""
+    def consume_status(self, instance_id: str, status: str, change: str) -> bool:
+        """Whether the worker announced ``change`` (identified by the caller, e.g. by the
+        sidecar's update time) to ``status``; a note found is marked used by it."""
+        notes, _ = self._read(instance_id)
+        if not notes.expects(status, change):
+            return False
+        if notes.statuses[status].get("used_by") == change:
+            return True
         found: list[bool] = []
 
-        def use(notes: Notes) -> None:
-            found.append(notes.expects(status))
-            notes.statuses.pop(status, None)
+        def use(latest: Notes) -> None:
+            found.append(latest.expects(status, change))
+            if found[-1]:
+                latest.statuses[status]["used_by"] = change
 
         self._update(instance_id, use)
         return bool(found and found[-1])
@@ -125,7 +144,7 @@ class Expectations:
         for _ in range(_TRIES):
             notes, etag = self._read(instance_id)
             now = time.time()
-            notes.statuses = {s: t for s, t in notes.statuses.items() if t >= now}
+            notes.statuses = {s: n for s, n in notes.statuses.items() if n["until"] >= now}
             change(notes)
             try:
                 self._client.save_state(

@@ -88,6 +88,10 @@ class Watcher:
         self._settings = settings
         self._hints = _Hints()
         self._known: dict[str, str] | None = None  # the inventory, while this replica sweeps
+        self._known_lock = threading.Lock()
+        self._known_dirty = False
+        # One check of an instance at a time in this replica (hints and the sweep).
+        self._locks = [threading.Lock() for _ in range(64)]
         self._checked_at: dict[str, float] = {}
         self._quiet: dict[str, datetime | None] = {}  # waiting on an event/timer, not a step
         self.sweeps = 0
@@ -140,25 +144,31 @@ class Watcher:
         if not self._records.hold_lease(self._settings.lease_seconds):
             if self._known is not None:
                 log.info("watch: another replica sweeps now")
-            self._known = None
+            with self._known_lock:
+                self._known = None
             return
         began = time.monotonic()
         baseline = False
         if self._known is None:
             stored = self._records.known()
             baseline = stored is None  # the first sweep ever: note what exists, report nothing
-            self._known = stored or {}
-            log.info("watch: this replica sweeps (%d instances known)", len(self._known))
-        known = self._known
-        changed = False
+            with self._known_lock:
+                self._known = stored or {}
+                self._known_dirty = baseline
+            log.info(
+                "watch: this replica sweeps (replica %s; %d instances known)",
+                self._records.replica,
+                len(stored or {}),
+            )
         listed = list(self._gateway.instance_ids())
         present = set(listed)
-        for instance_id in [i for i in known if i not in present]:  # purged
-            self.check(instance_id)
-            del known[instance_id]
-            changed = True
+        for instance_id in [i for i in self._inventory() if i not in present]:
+            self.check(instance_id)  # gone: purged (by anyone, also while nobody watched)
+            self._forget(instance_id)
+        lease_renewed = time.monotonic()
+        inventory = self._inventory()
         for instance_id in listed:
-            status = known.get(instance_id)
+            status = inventory.get(instance_id)
             due = status is None or (
                 status in ACTIVE_STATUSES
                 and time.monotonic() - self._checked_at.get(instance_id, 0.0)
@@ -166,23 +176,38 @@ class Watcher:
             )
             if not due:
                 continue
-            if time.monotonic() - began > self._settings.lease_seconds / 2:
+            if time.monotonic() - lease_renewed > self._settings.lease_seconds / 3:
                 if not self._records.hold_lease(self._settings.lease_seconds):
-                    self._known = None
+                    with self._known_lock:
+                        self._known = None
                     return
-                began = time.monotonic()
+                lease_renewed = time.monotonic()
             found = self.check(instance_id, report=not baseline, stalls=True)
             self._checked_at[instance_id] = time.monotonic()
             if found is None:
-                known.pop(instance_id, None)
-                changed = True
-            elif found != status:
-                known[instance_id] = found
-                changed = True
-        if changed or baseline:
-            self._records.save_known(known)
+                self._forget(instance_id)
+        with self._known_lock:
+            changed = dict(self._known) if self._known_dirty and self._known is not None else None
+            self._known_dirty = False
+        if changed is not None:
+            self._records.save_known(changed)
         self.sweeps += 1
         self.last_sweep_seconds = time.monotonic() - began
+        log.debug(
+            "watch: swept %d instances in %.3fs",
+            len(listed),
+            self.last_sweep_seconds,
+        )
+
+    def _inventory(self) -> dict[str, str]:
+        with self._known_lock:
+            return dict(self._known or {})
+
+    def _forget(self, instance_id: str) -> None:
+        with self._known_lock:
+            if self._known is not None and self._known.pop(instance_id, None) is not None:
+                self._known_dirty = True
+        self._checked_at.pop(instance_id, None)
 
     # --- one instance ---------------------------------------------------------------------------
 
@@ -195,6 +220,16 @@ class Watcher:
         in flight for too long. ``report``: False notes the state without publishing (the
         first sweep ever). Returns the instance's status, None when it is gone.
         """
+        with self._locks[hash(instance_id) % len(self._locks)]:
+            status = self._check(instance_id, raised=raised, report=report, stalls=stalls)
+        with self._known_lock:  # a sweeping replica takes what it learns into its inventory
+            known = self._known
+            if known is not None and status is not None and known.get(instance_id) != status:
+                known[instance_id] = status
+                self._known_dirty = True
+        return status
+
+    def _check(self, instance_id: str, *, raised: bool, report: bool, stalls: bool) -> str | None:
         for _ in range(_CONFLICT_TRIES):
             state = self._gateway.get_state(instance_id, payloads=False)
             seen, etag = self._records.seen(instance_id)
@@ -223,7 +258,7 @@ class Watcher:
     def _gone(self, instance_id: str, seen: Seen | None, report: bool) -> None:
         if seen is None:
             return  # never accounted for: nothing to report
-        expected = self._notes.consume_status(instance_id, "PURGED")
+        expected = self._notes.consume_status(instance_id, "PURGED", f"purged:{seen.run}")
         if report and not expected:
             self._publisher.publish(
                 self._observed(
@@ -281,14 +316,14 @@ class Watcher:
             kind = EventType.TERMINATED
         else:
             return []
-        expected_status = "RUNNING" if kind is EventType.RESUMED else status
+        when = state.last_updated_at or now()
+        change = f"{status}@{_iso(when)}"
         if kind is not EventType.STARTED and self._notes.consume_status(
-            instance_id, expected_status
+            instance_id, status, change
         ):
             return []  # the worker made this change; its handler reports it
         if kind is EventType.STARTED and self._was_worker_delayed_start(instance_id):
             return []
-        when = state.last_updated_at or now()
         return [
             self._observed(
                 instance_id,
