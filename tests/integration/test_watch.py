@@ -25,6 +25,7 @@ from tests.integration.conftest import (
     start_worker,
     unique,
 )
+from worker.gateway import WorkflowGateway
 
 APP_ID = "watch-worker"
 PREFIX = "watch."
@@ -149,17 +150,16 @@ def test_an_instance_started_by_the_cli_is_reported_through_completed(
     watched: Worker, observer: Observer
 ) -> None:
     instance_id = unique("cli-run")
-    order = {"order_id": instance_id, "amount": 5000, "approval_timeout_seconds": 300}
-    cli("run", "approval_workflow", "--instance-id", instance_id, "--input", json.dumps(order))
+    cli("run", "waiting_workflow", "--instance-id", instance_id, "--input", '"from the cli"')
     started = wait_event(observer, instance_id, "started")
     assert_observed(started)
-    assert started.data["workflow"] == "approval_workflow"
-    cli("raise-event", f"{instance_id}/approval_decision", "--input", '{"approved": true}')
+    assert started.data["workflow"] == "waiting_workflow"
+    cli("raise-event", f"{instance_id}/go", "--input", '{"approved": true}')
     raised = wait_event(observer, instance_id, "event_raised")
     assert_observed(raised)
-    assert raised.data["event_name"] == "approval_decision"
+    assert raised.data["event_name"] == "go"
     completed = wait_event(observer, instance_id, "completed")
-    assert completed.data["output"]["status"] == "approved"
+    assert completed.data["output"] == '{"approved": true}'  # CLI 1.16.5 sends it as a string
     time.sleep(2)
     assert set(once_each(observer, instance_id)) == {"started", "event_raised", "completed"}
 
@@ -171,8 +171,12 @@ def test_a_rerun_is_reported_as_a_new_instance(watched: Worker, observer: Observ
         {"workflow": "slow_workflow", "instance_id": original, "input": 0.1},
     )
     wait_event(observer, original, "completed")
+    history = WorkflowGateway(10, address=f"127.0.0.1:{watched.sidecar.grpc_port}").history(
+        original
+    )
+    [step] = [e.eventId for e in history if e.WhichOneof("eventType") == "taskScheduled"][:1]
     copy = unique("rerun-copy")
-    cli("rerun", original, "--new-instance-id", copy, "--event-id", "0")
+    cli("rerun", original, "--new-instance-id", copy, "--event-id", str(step))
     started = wait_event(observer, copy, "started")
     assert_observed(started)
     assert wait_event(observer, copy, "completed").data["output"] == "slow step done"

@@ -29,6 +29,13 @@ def slow_workflow(ctx: DaprWorkflowContext, seconds: Any) -> Generator[Any, Any,
     return result
 
 
+def waiting_workflow(ctx: DaprWorkflowContext, _: Any) -> Generator[Any, Any, Any]:
+    """Waits for the event `go` and returns its data (whatever the input: the dapr CLI
+    passes its --input as given)."""
+    data = yield ctx.wait_for_external_event("go")
+    return data
+
+
 def big_output_workflow(ctx: DaprWorkflowContext, size: Any) -> str:
     return "x" * int(size)
 
@@ -39,3 +46,4 @@ def register(registry: WorkflowRegistry) -> None:
     registry.workflow(slow_workflow)
     registry.activity(slow_step)
     registry.workflow(big_output_workflow)
+    registry.workflow(waiting_workflow)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from dapr.ext.workflow import WorkflowRuntime
@@ -23,8 +24,9 @@ from worker.watch.watcher import hinted
 log = logging.getLogger(__name__)
 
 
-def install(runtime: WorkflowRuntime, on_change: Callable[[str, bool], None]) -> bool:
-    """Call ``on_change(instance_id, raised)`` after each work item that changes an instance."""
+def install(runtime: WorkflowRuntime, on_change: Callable[[str, list[datetime]], None]) -> bool:
+    """Call ``on_change(instance_id, raised_at)`` after each work item that changes an
+    instance (``raised_at``: when the events in it were raised)."""
     sdk_worker = getattr(runtime, "_WorkflowRuntime__worker", None)
     execute = getattr(sdk_worker, "_execute_orchestrator", None)
     if sdk_worker is None or execute is None:
@@ -38,13 +40,22 @@ def install(runtime: WorkflowRuntime, on_change: Callable[[str, bool], None]) ->
             try:
                 kinds = [event.WhichOneof("eventType") for event in request.newEvents]
                 wanted, raised = hinted(kinds)
+                log.debug("watch: work item for %s: %s", request.instanceId, kinds)
                 if wanted and (raised or not _started_by_worker(request)):
-                    on_change(request.instanceId, raised)
+                    on_change(request.instanceId, _raised_at(request) if raised else [])
             except Exception:  # never let the watch break workflow execution
                 log.debug("watch: could not read a work item", exc_info=True)
 
     sdk_worker._execute_orchestrator = execute_and_tell
     return True
+
+
+def _raised_at(request: Any) -> list[datetime]:
+    return [
+        event.timestamp.ToDatetime(tzinfo=UTC)
+        for event in request.newEvents
+        if event.WhichOneof("eventType") == "eventRaised"
+    ]
 
 
 def _started_by_worker(request: Any) -> bool:

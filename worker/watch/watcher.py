@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 _CONFLICT_TRIES = 5
 _HINT_BATCH_SECONDS = 0.05
+_BEHIND_TRIES = 40  # x the batch pause: two seconds
 
 
 @dataclass(frozen=True)
@@ -54,22 +55,26 @@ class WatchSettings:
 
 @dataclass
 class _Hints:
-    """Instance ids to check soon, and whether an event was raised into them."""
+    """Instance ids to check soon, with the times of the events just raised into them."""
 
-    pending: dict[str, bool] = field(default_factory=dict)
+    pending: dict[str, set[datetime]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     ready: threading.Event = field(default_factory=threading.Event)
 
-    def add(self, instance_id: str, raised: bool) -> None:
+    def add(self, instance_id: str, raised: Iterable[datetime] = ()) -> None:
         with self.lock:
-            self.pending[instance_id] = self.pending.get(instance_id, False) or raised
+            self.pending.setdefault(instance_id, set()).update(raised)
         self.ready.set()
 
-    def take(self) -> dict[str, bool]:
+    def take(self) -> dict[str, set[datetime]]:
         with self.lock:
             taken, self.pending = self.pending, {}
             self.ready.clear()
         return taken
+
+
+class _HistoryBehind(Exception):
+    """The sidecar has not stored the events a hint announced yet: look again shortly."""
 
 
 class Watcher:
@@ -93,14 +98,16 @@ class Watcher:
         # One check of an instance at a time in this replica (hints and the sweep).
         self._locks = [threading.Lock() for _ in range(64)]
         self._checked_at: dict[str, float] = {}
+        self._behind: dict[str, int] = {}  # hints whose history was not stored yet, by tries
         self._quiet: dict[str, datetime | None] = {}  # waiting on an event/timer, not a step
         self.sweeps = 0
         self.last_sweep_seconds = 0.0
 
     # --- entry points -----------------------------------------------------------------------
 
-    def hint(self, instance_id: str, raised: bool = False) -> None:
-        """Something happened to ``instance_id``: check it soon."""
+    def hint(self, instance_id: str, raised: Iterable[datetime] = ()) -> None:
+        """Something happened to ``instance_id`` (events were raised at ``raised``): check
+        it soon."""
         self._hints.add(instance_id, raised)
 
     def run(self, stopping: threading.Event) -> None:
@@ -109,7 +116,9 @@ class Watcher:
             target=self._check_hints, args=(stopping,), name="watch-hints", daemon=True
         )
         checker.start()
-        while not stopping.wait(self._settings.sweep_seconds):
+        first = True
+        while first or not stopping.wait(self._settings.sweep_seconds):
+            first = False
             try:
                 self.sweep()
             except Transient as error:
@@ -131,11 +140,27 @@ class Watcher:
             time.sleep(_HINT_BATCH_SECONDS)  # let the sidecar settle the change it dispatched
             for instance_id, raised in self._hints.take().items():
                 try:
-                    self.check(instance_id, raised=raised)
+                    self._check_hint(instance_id, raised)
                 except Exception as error:
                     log.warning(
                         "watch: check of %s failed (%s); the sweep will retry", instance_id, error
                     )
+
+    def _check_hint(self, instance_id: str, raised: set[datetime]) -> None:
+        try:
+            self.check(instance_id, raised=raised or None)
+        except _HistoryBehind:
+            tries = self._behind[instance_id] = self._behind.get(instance_id, 0) + 1
+            if tries < _BEHIND_TRIES:
+                self._hints.add(instance_id, raised)  # again, after the batch pause
+                return
+            log.warning("watch: %s: events raised are not in its history yet", instance_id)
+            raised = set()  # count what the history holds now
+        else:
+            self._behind.pop(instance_id, None)
+            return
+        self._behind.pop(instance_id, None)
+        self.check(instance_id, raised=raised)
 
     # --- the sweep ----------------------------------------------------------------------------
 
@@ -212,11 +237,17 @@ class Watcher:
     # --- one instance ---------------------------------------------------------------------------
 
     def check(
-        self, instance_id: str, *, raised: bool = False, report: bool = True, stalls: bool = False
+        self,
+        instance_id: str,
+        *,
+        raised: set[datetime] | None = None,
+        report: bool = True,
+        stalls: bool = False,
     ) -> str | None:
         """Publish what changed on ``instance_id`` since the feed last accounted for it.
 
-        ``raised``: an event was raised into it (read its history). ``stalls``: look for a step
+        ``raised``: when events were raised into it (read its history, which must hold
+        them). ``stalls``: look for a step
         in flight for too long. ``report``: False notes the state without publishing (the
         first sweep ever). Returns the instance's status, None when it is gone.
         """
@@ -229,7 +260,9 @@ class Watcher:
                 self._known_dirty = True
         return status
 
-    def _check(self, instance_id: str, *, raised: bool, report: bool, stalls: bool) -> str | None:
+    def _check(
+        self, instance_id: str, *, raised: set[datetime] | None, report: bool, stalls: bool
+    ) -> str | None:
         for _ in range(_CONFLICT_TRIES):
             state = self._gateway.get_state(instance_id, payloads=False)
             seen, etag = self._records.seen(instance_id)
@@ -243,11 +276,12 @@ class Watcher:
                 events += started
             previous = Seen(seen.run, seen.status, dict(seen.raised), seen.stalled)
             events += self._status_change(instance_id, state, seen)
-            if raised:
-                events += self._raised(instance_id, state, seen)
+            if raised is not None:
+                events += self._raised(instance_id, state, seen, raised)
             if stalls or seen.stalled is not None:
                 events += self._stall(instance_id, state, seen)
-            if report:
+            if report and events:
+                log.debug("watch: %s: %s", instance_id, [o.event.event.value for o in events])
                 self._publisher.publish_all(events)
             if seen == previous and etag is not None:
                 return state.status
@@ -343,14 +377,19 @@ class Watcher:
         full = self._gateway.get_state(instance_id, payloads=True)
         return bool(full and full.origin is not None and full.origin.started(instance_id))
 
-    def _raised(self, instance_id: str, state: InstanceState, seen: Seen) -> list[Outbound]:
+    def _raised(
+        self, instance_id: str, state: InstanceState, seen: Seen, hinted: set[datetime]
+    ) -> list[Outbound]:
         """Events raised by others: what the history holds beyond the worker's and the
         feed's own count."""
         by_worker = self._notes.get(instance_id).raised
         out: list[Outbound] = []
         counts: dict[str, int] = {}
-        history = self._history(instance_id)
-        for raised in raised_events(history):
+        history = raised_events(self._history(instance_id))
+        stored = {e.started_at for e in history}
+        if not hinted <= stored and state.status in ACTIVE_STATUSES:
+            raise _HistoryBehind(instance_id)
+        for raised in history:
             counts[raised.name or ""] = counts.get(raised.name or "", 0) + 1
             nth = counts[raised.name or ""]
             if nth <= by_worker.get(raised.name or "", 0) + seen.raised.get(raised.name or "", 0):
