@@ -219,10 +219,16 @@ class Stack:
         return self._ready(proc, lambda: http_ok(f"http://127.0.0.1:{healthz}/healthz"), timeout)
 
     def start_scheduler(
-        self, port: int | None = None, data_dir: Path | None = None, timeout: float = 60
+        self,
+        port: int | None = None,
+        data_dir: Path | None = None,
+        timeout: float = 60,
+        etcd_client_port: int | None = None,
     ) -> Proc:
+        """``etcd_client_port``: where its embedded etcd serves clients (default: a free
+        port; the dapr CLI's `workflow purge` looks for it on localhost:2379)."""
         self.scheduler_port = port or free_port()
-        healthz, client, peer = free_port(), free_port(), free_port()
+        healthz, client, peer = free_port(), etcd_client_port or free_port(), free_port()
         data = data_dir or (self.workdir / "scheduler-data")
         data.mkdir(parents=True, exist_ok=True)
         proc = self._spawn(
@@ -384,6 +390,9 @@ class Stack:
 _DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "TERM", "--"] if shutil.which("setpriv") else []
 
 
+_CLI_ETCD_PORT = 2379
+
+
 def _logged_ready(proc: Proc) -> bool:
     try:
         return "worker ready" in proc.log.read_text(errors="replace")
@@ -397,7 +406,14 @@ def control_plane(
 ) -> Iterator[Stack]:
     with Stack(workdir, echo=echo) as stack:
         stack.start_placement(placement_port)
-        stack.start_scheduler(scheduler_port, data_dir=workdir / "scheduler-data")
+        # `dapr workflow purge` (CLI 1.16.5) also deletes the instance's scheduler jobs through
+        # etcd on localhost:2379, as `dapr init` lays it out: serve it there when that is free.
+        etcd = _CLI_ETCD_PORT if not port_open(_CLI_ETCD_PORT) else None
+        if etcd is None:
+            print(f"[devstack] port {_CLI_ETCD_PORT} is taken: `dapr workflow purge` will hang")
+        stack.start_scheduler(
+            scheduler_port, data_dir=workdir / "scheduler-data", etcd_client_port=etcd
+        )
         yield stack
 
 

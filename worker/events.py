@@ -58,15 +58,17 @@ class TimelineEntry(BaseModel):
     """One line of an instance's history: a step, a timer, an event, or the run itself."""
 
     kind: str = Field(
-        description="run, activity, child_workflow, timer, event_raised, suspended, resumed, "
-        "terminated, continued_as_new"
+        description="run, activity, report (the worker's own reporting activity), "
+        "child_workflow, timer, event_raised, suspended, resumed, terminated, continued_as_new"
     )
     name: str | None = Field(default=None, description="Activity, workflow or event name.")
     started_at: UtcTime | None = None
     ended_at: UtcTime | None = None
     duration_ms: float | None = None
     outcome: str | None = Field(
-        default=None, description="completed, failed, pending (still in flight), fired, ..."
+        default=None,
+        description="completed, failed, fired (a timer), pending (still in flight), "
+        "abandoned (never answered: the run ended first)",
     )
     result: JsonValue = Field(default=None, description="Output, or the event's data.")
     failure: FailureInfo | None = None
@@ -140,7 +142,9 @@ class StatusEvent(BaseModel):
         default=None, description="For stalled: the step in flight for too long."
     )
     truncated: bool = Field(
-        default=False, description="True when output/input were cut to fit the broker."
+        default=False,
+        description="True when bulky fields (output, input, custom_status, failure, reason, "
+        "timeline) were cut to fit the broker.",
     )
 
     def cloudevent_type(self) -> str:
