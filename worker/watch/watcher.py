@@ -314,24 +314,25 @@ class Watcher:
         self, instance_id: str, state: InstanceState, run: str
     ) -> tuple[Seen, list[Outbound]]:
         """A run the feed has not accounted for: its start, unless the worker started it."""
+        if state.status == "PENDING":
+            # Not run yet: the sidecar shows neither its input (whose start it was) nor its
+            # creation time. Its `started` is told once it runs (a new run then).
+            return Seen(run=run, status="PENDING"), []
         full = self._gateway.get_state(instance_id, payloads=True) or state
-        by_worker = full.origin is not None and full.origin.started(instance_id)
-        if by_worker:
+        if full.origin is not None and full.origin.started(instance_id):
             # Its handler reported `started` (or `scheduled`, and the workflow `started`).
-            return Seen(run=run, status="PENDING" if state.status == "PENDING" else "RUNNING"), []
-        kind = EventType.SCHEDULED if state.status == "PENDING" else EventType.STARTED
-        status = "PENDING" if kind is EventType.SCHEDULED else "RUNNING"
+            return Seen(run=run, status="RUNNING"), []
         event = self._observed(
             instance_id,
-            kind,
+            EventType.STARTED,
             run,
-            status=status,
+            status="RUNNING",
             workflow=state.workflow,
-            created_at=state.created_at,
-            at=state.created_at or now(),
+            created_at=_real(state.created_at),
+            at=_real(state.created_at) or now(),
             key=run,
         )
-        return Seen(run=run, status=status), [event]
+        return Seen(run=run, status="RUNNING"), [event]
 
     def _status_change(self, instance_id: str, state: InstanceState, seen: Seen) -> list[Outbound]:
         was, status = seen.status, state.status
@@ -344,20 +345,14 @@ class Watcher:
             kind = EventType.SUSPENDED
         elif status == "RUNNING" and was == "SUSPENDED":
             kind = EventType.RESUMED
-        elif status == "RUNNING" and was == "PENDING":
-            kind = EventType.STARTED
         elif status == "TERMINATED":
             kind = EventType.TERMINATED
         else:
             return []
-        when = state.last_updated_at or now()
+        when = _real(state.last_updated_at) or now()
         change = f"{status}@{_iso(when)}"
-        if kind is not EventType.STARTED and self._notes.consume_status(
-            instance_id, status, change
-        ):
+        if self._notes.consume_status(instance_id, status, change):
             return []  # the worker made this change; its handler reports it
-        if kind is EventType.STARTED and self._was_worker_delayed_start(instance_id):
-            return []
         return [
             self._observed(
                 instance_id,
@@ -366,16 +361,12 @@ class Watcher:
                 status=status,
                 previous_status=was,
                 workflow=state.workflow,
-                created_at=state.created_at,
+                created_at=_real(state.created_at),
                 last_updated_at=state.last_updated_at,
                 at=when,
                 key=_iso(when),
             )
         ]
-
-    def _was_worker_delayed_start(self, instance_id: str) -> bool:
-        full = self._gateway.get_state(instance_id, payloads=True)
-        return bool(full and full.origin is not None and full.origin.started(instance_id))
 
     def _raised(
         self, instance_id: str, state: InstanceState, seen: Seen, hinted: set[datetime]
@@ -489,6 +480,11 @@ class Watcher:
             }
         )
         return Outbound(stable_event_id(instance_id, run, "observed", kind.value, key), event)
+
+
+def _real(value: datetime | None) -> datetime | None:
+    """``value``, unless it is the sidecar's "not set" (a zero timestamp)."""
+    return value if value is not None and as_utc(value).year >= 2000 else None
 
 
 def _iso(value: datetime | None) -> str:
