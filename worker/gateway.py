@@ -54,7 +54,8 @@ class InstanceState:
         return self.status in TERMINAL_STATUSES
 
 
-def _json_or_text(raw: str | None) -> Any:
+def json_or_text(raw: str | None) -> Any:
+    """``raw`` parsed when it is JSON, else the text itself."""
     if raw is None:
         return None
     try:
@@ -111,7 +112,7 @@ class WorkflowGateway:
         if state is None:
             return None
         failure = state.failure_details
-        origin, data = unwrap(_json_or_text(state.serialized_input))
+        origin, data = unwrap(json_or_text(state.serialized_input))
         return InstanceState(
             instance_id=instance_id,
             workflow=state.name,
@@ -119,8 +120,8 @@ class WorkflowGateway:
             created_at=state.created_at,
             last_updated_at=state.last_updated_at,
             input=data,
-            output=_json_or_text(state.serialized_output),
-            custom_status=_json_or_text(state.serialized_custom_status),
+            output=json_or_text(state.serialized_output),
+            custom_status=json_or_text(state.serialized_custom_status),
             failure_message=failure.message if failure else None,
             failure_type=failure.error_type if failure else None,
             origin=origin,

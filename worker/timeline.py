@@ -27,7 +27,6 @@ envelope around a run's input is taken off (`run_input`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,6 +37,7 @@ from dapr.ext.workflow._durabletask.internal.history_events_pb2 import HistoryEv
 from google.protobuf import timestamp_pb2, wrappers_pb2
 
 from worker.events import FailureInfo, TimelineEntry
+from worker.gateway import json_or_text
 from worker.hosting import REPORT_ACTIVITY
 from worker.origin import unwrap
 
@@ -80,16 +80,6 @@ class _Draft:
             result=self.result,
             failure=self.failure,
         )
-
-
-def json_or_text(raw: str | None) -> Any:
-    """``raw`` parsed when it is JSON, else the text itself."""
-    if raw is None:
-        return None
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return raw
 
 
 def _payload(holder: Any, field: str = "input") -> Any:

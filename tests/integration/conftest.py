@@ -398,6 +398,19 @@ def _logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
         print(f"----- {request.node.nodeid} failed:\n{report.longreprtext[-3000:]}")
 
 
+def publish_plain(sidecar: devstack.Sidecar, topic: str, body: dict[str, Any]) -> None:
+    """What `dapr publish` does: POST plain JSON to the sidecar's publish endpoint (the
+    sidecar wraps it in a CloudEvent of its own)."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{sidecar.http_port}/v1.0/publish/pubsub/{topic}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 204, response.status
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 

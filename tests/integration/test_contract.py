@@ -6,13 +6,18 @@ formats on, and for its order by occurred_at: see the `_status_contract` fixture
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 from typing import Any
 
 from scripts import devstack
-from tests.integration.conftest import Observer, Worker, private_worker, start_worker, unique
+from tests.integration.conftest import (
+    Observer,
+    Worker,
+    private_worker,
+    publish_plain,
+    start_worker,
+    unique,
+)
 from tests.integration.test_approval import worker_history
 
 PAIRS = 100
@@ -104,18 +109,6 @@ def test_an_approval_whose_instance_never_appears_is_rejected_after_the_grace_pe
     )
 
 
-def _publish(sidecar: devstack.Sidecar, topic: str, body: dict[str, Any]) -> None:
-    """What `dapr publish` does: POST to the sidecar's publish endpoint."""
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{sidecar.http_port}/v1.0/publish/pubsub/{topic}",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        assert response.status == 204
-
-
 def _echoed(worker: Worker, event: str, instance_id: str) -> bool:
     lines = worker.proc.log.read_text(errors="replace").splitlines()
     return any(" status " in line and f" {event} {instance_id} " in f"{line} " for line in lines)
@@ -138,12 +131,14 @@ def test_embedded_default_handles_what_is_published_right_after_ready(
     try:
         order, counter = unique("order"), unique("counter")
         sidecar = running.sidecar
-        _publish(sidecar, "workflow.start", _order(order))
-        _publish(
+        publish_plain(sidecar, "workflow.start", _order(order))
+        publish_plain(
             sidecar, "workflow.start", {"workflow": "counter_workflow", "instance_id": counter}
         )
-        _publish(sidecar, "workflow.control", {"action": "query", "instance_id": counter})
-        _publish(sidecar, "workflow.approval", {"instance_id": order, "data": {"approved": True}})
+        publish_plain(sidecar, "workflow.control", {"action": "query", "instance_id": counter})
+        publish_plain(
+            sidecar, "workflow.approval", {"instance_id": order, "data": {"approved": True}}
+        )
         expected = [
             ("started", order),
             ("started", counter),
@@ -156,9 +151,9 @@ def test_embedded_default_handles_what_is_published_right_after_ready(
             60,
             f"status lines for {expected} in the worker's output",
         )
-        _publish(sidecar, "workflow.control", {"action": "suspend", "instance_id": counter})
+        publish_plain(sidecar, "workflow.control", {"action": "suspend", "instance_id": counter})
         devstack.wait_until(lambda: _echoed(running, "suspended", counter), 30, "suspended")
-        _publish(sidecar, "workflow.control", {"action": "resume", "instance_id": counter})
+        publish_plain(sidecar, "workflow.control", {"action": "resume", "instance_id": counter})
         devstack.wait_until(lambda: _echoed(running, "resumed", counter), 30, "resumed")
         assert not any(
             " rejected " in line

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
 
 from scripts import devstack
-from tests.integration.conftest import Worker, start_worker, unique
+from tests.integration.conftest import Worker, publish_plain, start_worker, unique
 
 
 @pytest.fixture(scope="module")
@@ -20,21 +19,10 @@ def default_worker(stack: devstack.Stack) -> Iterator[Worker]:
     running.stop()
 
 
-def _publish(worker: Worker, topic: str, body: dict[str, object]) -> None:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{worker.sidecar.http_port}/v1.0/publish/pubsub/{topic}",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        assert response.status == 204
-
-
 def test_start_through_the_sidecar_runs_to_completion(default_worker: Worker) -> None:
     instance_id = unique("default")
-    _publish(
-        default_worker,
+    publish_plain(
+        default_worker.sidecar,
         "workflow.start",
         {
             "workflow": "task_processing_workflow",
@@ -49,8 +37,8 @@ def test_start_through_the_sidecar_runs_to_completion(default_worker: Worker) ->
 def test_dapr_workflow_list_sees_the_worker(default_worker: Worker) -> None:
     """Operators use the CLI against the worker's app-id (it finds sidecars by process)."""
     instance_id = unique("listed")
-    _publish(
-        default_worker,
+    publish_plain(
+        default_worker.sidecar,
         "workflow.start",
         {"workflow": "greeting_workflow", "instance_id": instance_id, "input": "cli"},
     )

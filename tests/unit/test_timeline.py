@@ -12,8 +12,9 @@ from google.protobuf import timestamp_pb2, wrappers_pb2
 
 from tests.status_contract import schema_errors
 from worker.events import EventType, StatusEvent, TimelineEntry
+from worker.gateway import json_or_text
 from worker.origin import Origin
-from worker.timeline import build_timeline, json_or_text, run_input
+from worker.timeline import build_timeline, run_input
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
