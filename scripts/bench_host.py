@@ -17,7 +17,7 @@ from typing import Any
 
 from cloudevents.sdk.event import v1
 
-from worker.__main__ import serve
+from worker.__main__ import addons_for, serve
 from worker.config import load_settings
 from worker.service import WorkerService
 
@@ -56,6 +56,7 @@ def main() -> None:
             (settings.pubsub_name, settings.status_topic): on_status,
             (settings.pubsub_name, NOOP_TOPIC): on_noop,
         },
+        addons=addons_for(settings),  # as `python -m worker` runs it (the watch included)
     )
     try:
         serve(service, on_ready=lambda: print("worker ready", flush=True))
