@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -104,6 +104,56 @@ class FakeStateClient:
 
     def keys_with(self, part: str) -> list[str]:
         return [k for k in self.items if part in k]
+
+
+@dataclass
+class HookedStateClient(FakeStateClient):
+    """A `FakeStateClient` that runs a test's hook once, just before the next read or write of
+    a key: the way to let another replica's read-modify-write happen in between,
+    deterministically. Records every key read."""
+
+    before_get: dict[str, Callable[[], object]] = field(default_factory=dict)
+    before_save: dict[str, Callable[[], object]] = field(default_factory=dict)
+    gets: list[str] = field(default_factory=list)
+
+    def get_state(self, store_name: str, key: str, *args: Any, **kwargs: Any) -> StateItem:
+        hook = self.before_get.pop(key, None)
+        if hook is not None:
+            hook()
+        self.gets.append(key)
+        return super().get_state(store_name, key, *args, **kwargs)
+
+    def save_state(
+        self,
+        store_name: str,
+        key: str,
+        value: bytes | str,
+        etag: str | None = None,
+        options: StateOptions | None = None,
+        state_metadata: dict[str, str] | None = None,
+        metadata: Any = None,
+    ) -> None:
+        hook = self.before_save.pop(key, None)
+        if hook is not None:
+            hook()
+        super().save_state(store_name, key, value, etag, options, state_metadata, metadata)
+
+
+@dataclass
+class FakeClock:
+    """Stands in for the ``time`` module of a module under test (``monkeypatch.setattr(module,
+    "time", clock)``): it shows the time the test set, and ``sleep`` moves it on at once."""
+
+    now: float = 1_800_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
 
 
 # --- pub/sub -------------------------------------------------------------------------------

@@ -1,0 +1,246 @@
+"""The hook on the SDK's workflow worker: every work item still runs as before, and the ones
+that change an instance (suspend, resume, terminate, events raised, a start the worker did not
+make) are passed on to the watch; steps finishing are not."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+from dapr.ext.workflow import DaprWorkflowContext, WorkflowRuntime
+from dapr.ext.workflow._durabletask.internal import history_events_pb2 as h
+from dapr.ext.workflow._durabletask.internal import orchestrator_service_pb2 as pb
+from google.protobuf import timestamp_pb2, wrappers_pb2
+
+from worker.origin import Origin
+from worker.watch import hook
+
+ID = "order-1"
+T0 = datetime(2026, 11, 22, 10, 0, 0, 250000, tzinfo=UTC)
+
+Hint = tuple[str, list[datetime]]
+
+
+def _stamp(seconds: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(T0 + timedelta(seconds=seconds))
+    return stamp
+
+
+def _event(seconds: float = 0, **kind: Any) -> h.HistoryEvent:
+    return h.HistoryEvent(eventId=-1, timestamp=_stamp(seconds), **kind)
+
+
+def _raised(seconds: float, name: str = "approval_decision") -> h.HistoryEvent:
+    return _event(seconds, eventRaised=h.EventRaisedEvent(name=name))
+
+
+def _start(data: Any = None, *, raw: str | None = None) -> h.HistoryEvent:
+    started = h.ExecutionStartedEvent(name="approval_workflow")
+    if raw is not None:
+        started.input.CopyFrom(wrappers_pb2.StringValue(value=raw))
+    elif data is not None:
+        started.input.CopyFrom(wrappers_pb2.StringValue(value=json.dumps(data)))
+    return _event(executionStarted=started)
+
+
+def _work_item(*events: h.HistoryEvent, instance_id: str = ID) -> pb.WorkflowRequest:
+    """What daprd sends down the workflow stream: the events new since the last one."""
+    return pb.WorkflowRequest(
+        instanceId=instance_id,
+        newEvents=[_event(workflowStarted=h.WorkflowStartedEvent()), *events],
+    )
+
+
+class SdkWorker:
+    """Shaped like the SDK's ``TaskHubGrpcWorker``, as far as the hook goes."""
+
+    def __init__(self, result: object = "response", error: Exception | None = None) -> None:
+        self.result = result
+        self.error = error
+        self.runs: list[tuple[Any, ...]] = []
+
+    def _execute_orchestrator(self, request: Any, stub: Any, completion_token: Any) -> object:
+        self.runs.append((request, stub, completion_token))
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def _runtime(sdk_worker: object | None) -> WorkflowRuntime:
+    """Shaped like ``WorkflowRuntime``: its worker in a name-mangled private attribute."""
+    runtime = (
+        SimpleNamespace()
+        if sdk_worker is None
+        else SimpleNamespace(_WorkflowRuntime__worker=sdk_worker)
+    )
+    return cast(WorkflowRuntime, runtime)
+
+
+def _hooked(sdk_worker: SdkWorker) -> list[Hint]:
+    hints: list[Hint] = []
+    assert hook.install(_runtime(sdk_worker), lambda i, raised: hints.append((i, list(raised))))
+    return hints
+
+
+def test_the_work_item_still_runs_and_its_result_is_returned() -> None:
+    sdk_worker = SdkWorker(result="the response")
+    _hooked(sdk_worker)
+    request = _work_item(_event(executionSuspended=h.ExecutionSuspendedEvent()))
+    assert sdk_worker._execute_orchestrator(request, "stub", completion_token="t") == (
+        "the response"
+    )
+    assert sdk_worker.runs == [(request, "stub", "t")]
+
+
+def test_an_error_of_the_work_item_is_raised_as_it_was() -> None:
+    error = RuntimeError("boom")
+    sdk_worker = SdkWorker(error=error)
+    _hooked(sdk_worker)
+    with pytest.raises(RuntimeError) as raised:
+        sdk_worker._execute_orchestrator(_work_item(), "stub", "t")
+    assert raised.value is error
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"executionSuspended": h.ExecutionSuspendedEvent()},
+        {"executionResumed": h.ExecutionResumedEvent()},
+        {"executionTerminated": h.ExecutionTerminatedEvent()},
+    ],
+    ids=["suspended", "resumed", "terminated"],
+)
+def test_suspend_resume_terminate_are_hinted(change: dict[str, Any]) -> None:
+    sdk_worker = SdkWorker()
+    hints = _hooked(sdk_worker)
+    sdk_worker._execute_orchestrator(_work_item(_event(**change)), "stub", "t")
+    assert hints == [(ID, [])]
+
+
+def test_events_raised_are_hinted_with_when_they_were_raised() -> None:
+    sdk_worker = SdkWorker()
+    hints = _hooked(sdk_worker)
+    sdk_worker._execute_orchestrator(_work_item(_raised(1.5), _raised(2, "cancel")), "stub", "t")
+    assert hints == [(ID, [T0 + timedelta(seconds=1.5), T0 + timedelta(seconds=2)])]
+
+
+@pytest.mark.parametrize(
+    "start",
+    [
+        _start(),
+        _start({"amount": 10}),
+        _start(raw="not json"),
+        _start(Origin("publisher", "msg-1", instance_id="order-0").wrap({"amount": 10})),
+    ],
+    ids=["no-input", "plain-input", "not-json", "copy-of-another-instance"],
+)
+def test_a_start_the_worker_did_not_make_is_hinted(start: h.HistoryEvent) -> None:
+    sdk_worker = SdkWorker()
+    hints = _hooked(sdk_worker)
+    sdk_worker._execute_orchestrator(_work_item(start), "stub", "t")
+    assert hints == [(ID, [])]
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [Origin("publisher", "msg-1"), Origin("publisher", "msg-1", instance_id=ID)],
+    ids=["envelope", "envelope-naming-it"],
+)
+def test_a_start_the_worker_made_is_not_hinted(origin: Origin) -> None:
+    """Its start message's handler reports it."""
+    sdk_worker = SdkWorker()
+    hints = _hooked(sdk_worker)
+    sdk_worker._execute_orchestrator(_work_item(_start(origin.wrap({"a": 1}))), "stub", "t")
+    assert hints == []
+    assert len(sdk_worker.runs) == 1
+
+
+def test_an_event_raised_into_a_start_the_worker_made_is_hinted() -> None:
+    sdk_worker = SdkWorker()
+    hints = _hooked(sdk_worker)
+    start = _start(Origin("publisher", "msg-1").wrap({"a": 1}))
+    sdk_worker._execute_orchestrator(_work_item(start, _raised(3)), "stub", "t")
+    assert hints == [(ID, [T0 + timedelta(seconds=3)])]
+
+
+def test_steps_finishing_are_not_hinted() -> None:
+    sdk_worker = SdkWorker()
+    hints = _hooked(sdk_worker)
+    for events in [
+        [_event(taskCompleted=h.TaskCompletedEvent(taskScheduledId=1))],
+        [_event(taskFailed=h.TaskFailedEvent(taskScheduledId=2))],
+        [_event(timerFired=h.TimerFiredEvent(timerId=3))],
+        [_event(childWorkflowInstanceCompleted=h.ChildWorkflowInstanceCompletedEvent())],
+        [],
+    ]:
+        sdk_worker._execute_orchestrator(_work_item(*events), "stub", "t")
+    assert hints == []
+    assert len(sdk_worker.runs) == 5
+
+
+def test_a_failing_hint_never_breaks_execution() -> None:
+    sdk_worker = SdkWorker(result="ok")
+
+    def broken(instance_id: str, raised: list[datetime]) -> None:
+        raise RuntimeError("the watch is broken")
+
+    assert hook.install(_runtime(sdk_worker), broken)
+    change = _event(executionSuspended=h.ExecutionSuspendedEvent())
+    assert sdk_worker._execute_orchestrator(_work_item(change), "stub", "t") == "ok"
+    # Nor does a work item it cannot read.
+    assert sdk_worker._execute_orchestrator(object(), "stub", "t") == "ok"
+    assert len(sdk_worker.runs) == 2
+
+
+@pytest.mark.parametrize(
+    "runtime",
+    [_runtime(None), _runtime(object())],
+    ids=["no-worker", "worker-without-the-method"],
+)
+def test_install_says_so_when_the_sdk_has_moved(
+    runtime: WorkflowRuntime, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="worker.watch.hook"):
+        assert hook.install(runtime, lambda i, raised: None) is False
+    assert "sweep only" in caplog.text
+
+
+def _hello(ctx: DaprWorkflowContext, data: str) -> str:
+    return data
+
+
+class RecordingStub:
+    def __init__(self) -> None:
+        self.completed: list[Any] = []
+
+    def CompleteOrchestratorTask(self, response: Any, *args: Any, **kwargs: Any) -> None:
+        self.completed.append(response)
+
+
+def test_the_pinned_sdk_runtime_is_hooked_and_still_runs_work_items() -> None:
+    """The private method the hook wraps exists in the SDK as pinned, and a work item run
+    through the real worker completes as before."""
+    runtime = WorkflowRuntime()
+    runtime.register_workflow(_hello)
+    hints: list[Hint] = []
+    assert hook.install(runtime, lambda i, raised: hints.append((i, list(raised))))
+    sdk_worker: Any = getattr(runtime, "_WorkflowRuntime__worker")  # noqa: B009
+    stub = RecordingStub()
+    request = _work_item(
+        _event(executionStarted=h.ExecutionStartedEvent(name="_hello", input=_json("hi")))
+    )
+    sdk_worker._execute_orchestrator(request, stub, "token")
+    [response] = stub.completed
+    assert response.instanceId == ID
+    assert response.completionToken == "token"
+    assert [a.completeWorkflow.result.value for a in response.actions] == ['"hi"']
+    assert hints == [(ID, [])]  # started by someone else
+
+
+def _json(value: Any) -> wrappers_pb2.StringValue:
+    return wrappers_pb2.StringValue(value=json.dumps(value))
