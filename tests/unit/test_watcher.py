@@ -281,13 +281,6 @@ def test_a_pending_instance_is_not_announced_until_it_runs(rig: Rig, origin: Ori
         assert rig.pubsub.calls == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Watcher._check copies `previous` after `_new_run` has replaced `seen`, so a new run "
-    "of an instance that already has a seen record (a PENDING instance that begins to run, a "
-    "start with replace, a rerun in place) is never saved while nothing else changes "
-    "(`seen == previous` and an etag): every later check announces its `started` again",
-)
 @pytest.mark.parametrize("before", ["PENDING", "COMPLETED"], ids=["pending", "new-run"])
 def test_a_new_run_is_recorded_so_its_start_is_announced_once(rig: Rig, before: str) -> None:
     unset = datetime(1970, 1, 1)
@@ -434,12 +427,6 @@ def test_a_purge_the_worker_noted_is_not_published(rig: Rig) -> None:
     assert records.known() == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Watcher._gone deletes the instance's notes (Expectations.forget) right after "
-    "consuming the PURGED note, so a second watcher that read the seen record before the first "
-    "deleted it finds no note and publishes an observed `purged` for the worker's own purge",
-)
 def test_a_noted_purge_seen_by_two_replicas_at_once_is_published_by_neither(rig: Rig) -> None:
     first, second = rig.watcher(), rig.watcher()
     rig.set(instance("COMPLETED", origin=WORKER))
@@ -644,12 +631,6 @@ def test_a_finished_instance_is_not_waited_for(rig: Rig) -> None:
     assert sorted(rig.events()) == ["event_raised", "terminated"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Watcher.sweep checks instances without `raised`, so `_raised` never runs on a "
-    "sweep: an event raised by others reaches the feed only through a hook hint; with the hook "
-    "not installed ('sweep only') or a failed hint check, it is never published",
-)
 def test_a_raise_no_hint_told_of_is_published_by_the_sweep(rig: Rig) -> None:
     rig.set(instance(origin=WORKER))
     watcher = rig.watcher(recheck_seconds=0)
@@ -736,12 +717,6 @@ def test_a_stalled_instance_that_ends_is_unstalled(rig: Rig) -> None:
     assert sorted(rig.events()) == ["stalled", "terminated", "unstalled"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the first sweep ever checks with report=False but still records a stall it found "
-    "(Seen.stalled) without publishing it, so the step's answer is later published as "
-    "`unstalled` with no `stalled` before it",
-)
 def test_no_unstalled_without_a_stalled_before_it(rig: Rig) -> None:
     began = ago(400)
     rig.set(instance(created=began.replace(tzinfo=None), origin=WORKER))

@@ -35,6 +35,7 @@ class Seen:
     status: str = ""
     raised: dict[str, int] = field(default_factory=dict)  # observed raises, by name
     stalled: str | None = None  # key of the step reported stalled
+    updated: str = ""  # the sidecar's last update time when it was last looked at
 
 
 class Records:

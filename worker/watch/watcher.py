@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -99,6 +100,7 @@ class Watcher:
         self._locks = [threading.Lock() for _ in range(64)]
         self._checked_at: dict[str, float] = {}
         self._behind: dict[str, int] = {}  # hints whose history was not stored yet, by tries
+        self._histories: dict[str, list[Any]] = {}  # read during the current check
         self._quiet: dict[str, datetime | None] = {}  # waiting on an event/timer, not a step
         self.sweeps = 0
         self.last_sweep_seconds = 0.0
@@ -196,7 +198,7 @@ class Watcher:
             status = inventory.get(instance_id)
             due = status is None or (
                 status in ACTIVE_STATUSES
-                and time.monotonic() - self._checked_at.get(instance_id, 0.0)
+                and time.monotonic() - self._checked_at.get(instance_id, -math.inf)
                 >= self._settings.recheck_seconds
             )
             if not due:
@@ -252,7 +254,10 @@ class Watcher:
         first sweep ever). Returns the instance's status, None when it is gone.
         """
         with self._locks[hash(instance_id) % len(self._locks)]:
-            status = self._check(instance_id, raised=raised, report=report, stalls=stalls)
+            try:
+                status = self._check(instance_id, raised=raised, report=report, stalls=stalls)
+            finally:
+                self._histories.pop(instance_id, None)
         with self._known_lock:  # a sweeping replica takes what it learns into its inventory
             known = self._known
             if known is not None and status is not None and known.get(instance_id) != status:
@@ -270,16 +275,23 @@ class Watcher:
                 self._gone(instance_id, seen, report)
                 return None
             run = _iso(state.created_at)
+            previous = replace(seen, raised=dict(seen.raised)) if seen is not None else None
             events: list[Outbound] = []
             if seen is None or seen.run != run:
                 seen, started = self._new_run(instance_id, state, run)
                 events += started
-            previous = Seen(seen.run, seen.status, dict(seen.raised), seen.stalled)
             events += self._status_change(instance_id, state, seen)
+            updated = _iso(state.last_updated_at)
+            if raised is None and stalls and seen.updated != updated:
+                raised = set()  # the sweep: it moved since, so count its raised events too
+            seen.updated = updated
             if raised is not None:
                 events += self._raised(instance_id, state, seen, raised)
             if stalls or seen.stalled is not None:
+                stalled_before = seen.stalled
                 events += self._stall(instance_id, state, seen)
+                if not report:  # a stall nobody was told of must not be "cleared" later
+                    seen.stalled = stalled_before
             if report and events:
                 log.debug("watch: %s: %s", instance_id, [o.event.event.value for o in events])
                 self._publisher.publish_all(events)
@@ -306,7 +318,8 @@ class Watcher:
                 )
             )
         self._records.forget_seen(instance_id)
-        self._notes.forget(instance_id)
+        # The notes stay (they expire): a second watcher looking at the same purge right now
+        # must still find the worker's note.
         self._checked_at.pop(instance_id, None)
         self._quiet.pop(instance_id, None)
 
@@ -455,10 +468,16 @@ class Watcher:
         return out
 
     def _history(self, instance_id: str) -> list[Any]:
+        """The instance's history, read at most once per check."""
+        cached = self._histories.get(instance_id)
+        if cached is not None:
+            return cached
         try:
-            return list(self._gateway.history(instance_id))
+            history = list(self._gateway.history(instance_id))
         except (Missing, Rejected):
-            return []
+            history = []
+        self._histories[instance_id] = history
+        return history
 
     def _observed(
         self,
