@@ -37,6 +37,10 @@ def addons_for(settings: Settings) -> list[Addon]:
         from worker.watch import Watch
 
         addons.append(Watch())
+    if settings.console_enabled:
+        from worker.console import Console
+
+        addons.append(Console())
     return addons
 
 

@@ -7,11 +7,31 @@ Flags win over environment variables, which win over the defaults below.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.events import EventType
+
+
+class ConsoleUser(BaseModel):
+    """One user of the operator console: the name the audit log shows, what the user may do
+    (viewer: read; operator: read and act) and the bearer token that signs them in (or its
+    SHA-256 in hex, to keep the token itself out of the settings)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+    role: Literal["viewer", "operator"]
+    token: SecretStr | None = Field(default=None, min_length=16)
+    token_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+    @model_validator(mode="after")
+    def _one_token(self) -> ConsoleUser:
+        if (self.token is None) == (self.token_sha256 is None):
+            raise ValueError(f"console user {self.name}: give exactly one of token, token_sha256")
+        return self
 
 
 class Settings(BaseSettings):
@@ -139,6 +159,41 @@ class Settings(BaseSettings):
         gt=0,
         description="A step (activity, child workflow) in flight longer than this is "
         "published as `stalled`.",
+    )
+    console_enabled: bool = Field(
+        default=False,
+        description="Serve the operator console, a web page and an HTTP API (worker.console); "
+        "scripts/run.sh turns it on.",
+    )
+    console_host: str = Field(
+        default="127.0.0.1",
+        description="Address the console listens on. Other than loopback only with console_users.",
+    )
+    console_port: int = Field(
+        default=8088, ge=0, le=65535, description="Console port (0: any free port, logged)."
+    )
+    console_users: list[ConsoleUser] = Field(
+        default_factory=list,
+        description='Console users, JSON: [{"name": "ana", "role": "operator", "token": "..."}] '
+        "(roles viewer, operator; token_sha256 in place of token). None: one operator token, "
+        "made at each start and printed with the console's address.",
+    )
+    console_secret: SecretStr | None = Field(
+        default=None,
+        description="Key that signs console sessions; default: random at each start. Give "
+        "replicas behind one address the same one.",
+    )
+    console_action_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="A console or API action not finished within this is answered 202 and "
+        "goes on; the same Idempotency-Key then fetches its outcome.",
+    )
+    console_refresh_seconds: float = Field(
+        default=15.0,
+        ge=1.0,
+        description="How often the console's instance list is reconciled with the sidecar "
+        "(new and purged ids; a share of the unfinished instances re-read).",
     )
     log_level: str = "INFO"
     sdk_log_level: str = Field(

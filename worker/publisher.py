@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -153,6 +153,9 @@ class StatusPublisher:
         self._settings = settings
         self._enabled = set(settings.status_events) if settings.status_events else None
         self._per_workflow = {k: set(v) for k, v in settings.status_events_per_workflow.items()}
+        # Told of every event once it is out (or filtered out by the settings above): a
+        # surface that shows the instances (the console) keeps its view up to date with them.
+        self.listeners: list[Callable[[Outbound], None]] = []
 
     def wanted(self, event: StatusEvent) -> bool:
         if event.workflow is not None and event.workflow in self._per_workflow:
@@ -162,6 +165,7 @@ class StatusPublisher:
     def publish(self, outbound: Outbound) -> None:
         event = outbound.event
         if not self.wanted(event):
+            self._tell(outbound)
             return
         subject = event.instance_id or ""
         try:
@@ -178,6 +182,14 @@ class StatusPublisher:
             raise Transient(f"publish {event.event} for {subject}: {error}") from error
         if self._settings.echo_status:
             echo.info(compact(event))
+        self._tell(outbound)
+
+    def _tell(self, outbound: Outbound) -> None:
+        for listener in self.listeners:
+            try:
+                listener(outbound)
+            except Exception:  # a listener never stops the worker's own work
+                log.exception("status listener %r failed", listener)
 
     def dead_letter(self, message: Inbound) -> None:
         """Move a rejected message to the dead-letter topic, when one is set. The sidecar does

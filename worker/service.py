@@ -17,7 +17,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from dapr.clients import DaprClient
@@ -85,6 +85,11 @@ class Parts:
     runtime: WorkflowRuntime
     notes: Expectations | None
     stopping: threading.Event
+    # For surfaces that act as one more client (the console): the topic handlers messages go
+    # through, the workflows a start may name, and set once the workflow runtime is connected.
+    handlers: Mapping[str, TopicHandler] = field(default_factory=dict)
+    workflows: Sequence[str] = ()
+    acting: threading.Event | None = None
 
 
 class Addon(Protocol):
@@ -167,7 +172,18 @@ class WorkerService:
         self._server_thread.start()
         _wait_for_port(s.app_port, 30)
         log.info("gRPC app listening on %d; starting the workflow runtime", s.app_port)
-        parts = Parts(s, self._gateway, publisher, self._dapr, runtime, notes, self._stopped)
+        parts = Parts(
+            s,
+            self._gateway,
+            publisher,
+            self._dapr,
+            runtime,
+            notes,
+            self._stopped,
+            handlers=handlers,
+            workflows=sorted(allowed),
+            acting=self._acting,
+        )
         for addon in self._addons:
             addon.start(parts)
         runtime.start()
