@@ -57,5 +57,16 @@ if command -v npm >/dev/null 2>&1; then
   fi
 fi
 
+# The console's browser tests (tests/integration/console) drive Debian's chromium with its
+# chromedriver; nothing is downloaded at test time.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing chromium and chromium-driver (Debian packages) for the console's browser tests"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null
+  else
+    say "WARNING: chromium/chromedriver are missing; install them (apt-get install chromium chromium-driver) for the browser tests"
+  fi
+fi
+
 bash scripts/install-dapr.sh
 say "ready"

@@ -55,6 +55,9 @@
     }, 300);
   }
   var source = new EventSource("/ui/stream");
+  // A page left (or kept in the back/forward cache) gives its stream back at once: a browser
+  // keeps only a few connections per server open.
+  window.addEventListener("pagehide", function () { source.close(); });
   source.onopen = function () { if (live) live.classList.add("on"); };
   source.onerror = function () { if (live) live.classList.remove("on"); };
   source.addEventListener("status", function (e) {
