@@ -548,8 +548,8 @@ def test_only_the_lease_holder_sweeps_and_another_takes_over_when_it_dies(
 
 
 def test_a_sweep_over_finished_instances_costs_only_the_id_listing(rig: Rig) -> None:
-    """The README's cost model: finished instances cost their share of the listing (500 ids
-    a call), never a read each."""
+    """The README's cost model: finished instances cost their share of the listing
+    (_LIST_PAGE ids a call), never a read each."""
     ids = [f"done-{n:04}" for n in range(2000)]
     for instance_id in ids:
         rig.set(instance("COMPLETED", origin=WORKER, instance_id=instance_id))
@@ -559,7 +559,7 @@ def test_a_sweep_over_finished_instances_costs_only_the_id_listing(rig: Rig) -> 
     watcher.sweep()
     watcher.sweep()
     assert watcher.sweeps == 2
-    assert rig.gateway.count("list") == 2 * math.ceil(len(ids) / 500)
+    assert rig.gateway.count("list") == 2 * math.ceil(len(ids) / watcher_module._LIST_PAGE)
     assert rig.gateway.count("get_state") == 0
     assert rig.gateway.count("history") == 0
     assert [key for key in rig.store.gets if key.startswith("wfw|seen|")] == []
@@ -815,3 +815,22 @@ def test_run_gives_up_waiting_for_a_hinted_raise_and_counts_the_history(
         _stop(stopping, thread)
     [body] = rig.bodies()
     assert (body["event"], when(body["occurred_at"])) == ("event_raised", stored)
+
+
+def test_a_worker_start_purged_before_the_next_sweep_is_still_published(rig: Rig) -> None:
+    """daprd's retention policy can purge a short run within a second of its end: the hook
+    tells the sweeping replica of every start the worker made, so the purge is noticed."""
+    watcher, records = rig.replica()
+    watcher.sweep()  # takes the lease; nothing exists yet
+    watcher.started_by_worker("quick-1")  # started, ran and was purged before the next sweep
+    watcher.sweep()
+    assert rig.events() == ["purged"]
+    [body] = rig.pubsub.bodies()
+    assert (body["instance_id"], body["previous_status"], body["observed"]) == (
+        "quick-1",
+        "RUNNING",
+        True,
+    )
+    watcher.sweep()
+    assert rig.events() == ["purged"]  # once
+    assert records.known() == {}

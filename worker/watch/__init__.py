@@ -36,7 +36,7 @@ class Watch:
                 stall_seconds=s.stall_seconds,
             ),
         )
-        hooked = hook.install(parts.runtime, self.watcher.hint)
+        hooked = hook.install(parts.runtime, self.watcher.hint, self.watcher.started_by_worker)
         self._thread = threading.Thread(
             target=self.watcher.run, args=(parts.stopping,), name="watch", daemon=True
         )

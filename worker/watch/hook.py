@@ -24,9 +24,14 @@ from worker.watch.watcher import hinted
 log = logging.getLogger(__name__)
 
 
-def install(runtime: WorkflowRuntime, on_change: Callable[[str, list[datetime]], None]) -> bool:
+def install(
+    runtime: WorkflowRuntime,
+    on_change: Callable[[str, list[datetime]], None],
+    on_worker_start: Callable[[str], None] = lambda _: None,
+) -> bool:
     """Call ``on_change(instance_id, raised_at)`` after each work item that changes an
-    instance (``raised_at``: when the events in it were raised)."""
+    instance (``raised_at``: when the events in it were raised), and ``on_worker_start`` for
+    a run the worker's own start message made (its handler reports it: nothing to check)."""
     sdk_worker = getattr(runtime, "_WorkflowRuntime__worker", None)
     execute = getattr(sdk_worker, "_execute_orchestrator", None)
     if sdk_worker is None or execute is None:
@@ -41,7 +46,10 @@ def install(runtime: WorkflowRuntime, on_change: Callable[[str, list[datetime]],
                 kinds = [event.WhichOneof("eventType") for event in request.newEvents]
                 wanted, raised = hinted(kinds)
                 log.debug("watch: work item for %s: %s", request.instanceId, kinds)
-                if wanted and (raised or not _started_by_worker(request)):
+                by_worker = _started_by_worker(request)
+                if by_worker:
+                    on_worker_start(request.instanceId)
+                if wanted and (raised or not by_worker):
                     on_change(request.instanceId, _raised_at(request) if raised else [])
             except Exception:  # never let the watch break workflow execution
                 log.debug("watch: could not read a work item", exc_info=True)
