@@ -309,9 +309,11 @@ class Stack:
         wait_for_app: bool = False,
         config: Path = CONFIG,
         app_health_probe_seconds: int | None = None,
+        metrics_port: int | None = None,
     ) -> Sidecar:
         """``app_health_probe_seconds``: probe the app's health at this interval, as
-        ``dapr run -f .`` does with dapr.yaml (default: no app health checks)."""
+        ``dapr run -f .`` does with dapr.yaml (default: no app health checks).
+        ``metrics_port``: serve daprd's Prometheus metrics there (default: metrics off)."""
         grpc_port, http_port = grpc_port or free_port(), http_port or free_port()
         name = name or f"daprd-{app_id}"
         health = (
@@ -340,8 +342,8 @@ class Stack:
                 "--dapr-internal-grpc-port",
                 str(free_port()),
                 "--metrics-port",
-                str(free_port()),
-                "--enable-metrics=false",
+                str(metrics_port or free_port()),
+                f"--enable-metrics={'true' if metrics_port else 'false'}",
                 "--placement-host-address",
                 f"127.0.0.1:{self.placement_port}",
                 "--scheduler-host-address",
