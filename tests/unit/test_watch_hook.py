@@ -171,6 +171,8 @@ def test_an_event_raised_into_a_start_the_worker_made_is_hinted() -> None:
 def test_steps_finishing_are_not_hinted() -> None:
     sdk_worker = SdkWorker()
     hints = _hooked(sdk_worker)
+    sdk_worker._execute_orchestrator(_work_item(_start()), "stub", "t")  # met: its start
+    hints.clear()
     for events in [
         [_event(taskCompleted=h.TaskCompletedEvent(taskScheduledId=1))],
         [_event(taskFailed=h.TaskFailedEvent(taskScheduledId=2))],
@@ -180,7 +182,7 @@ def test_steps_finishing_are_not_hinted() -> None:
     ]:
         sdk_worker._execute_orchestrator(_work_item(*events), "stub", "t")
     assert hints == []
-    assert len(sdk_worker.runs) == 5
+    assert len(sdk_worker.runs) == 6
 
 
 def test_a_failing_hint_never_breaks_execution() -> None:
@@ -244,3 +246,15 @@ def test_the_pinned_sdk_runtime_is_hooked_and_still_runs_work_items() -> None:
 
 def _json(value: Any) -> wrappers_pb2.StringValue:
     return wrappers_pb2.StringValue(value=json.dumps(value))
+
+
+def test_the_first_work_item_of_a_rerun_is_hinted() -> None:
+    """A rerun's copied start is among the past events; its new events are only steps."""
+    sdk_worker = SdkWorker()
+    hints = _hooked(sdk_worker)
+    item = _work_item(_event(taskCompleted=h.TaskCompletedEvent(taskScheduledId=0)))
+    item.pastEvents.append(_start({"order": 1}))
+    sdk_worker._execute_orchestrator(item, "stub", "t")
+    assert hints == [(ID, [])]
+    sdk_worker._execute_orchestrator(item, "stub", "t")  # met before: steps are not hinted
+    assert hints == [(ID, [])]

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -38,6 +40,8 @@ def install(
         log.warning("watch: the SDK's workflow worker has moved; watching by sweep only")
         return False
 
+    met = _Recent()
+
     def execute_and_tell(request: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return execute(request, *args, **kwargs)
@@ -45,11 +49,15 @@ def install(
             try:
                 kinds = [event.WhichOneof("eventType") for event in request.newEvents]
                 wanted, raised = hinted(kinds)
+                # A rerun's first work item carries its copied start among the past events,
+                # and a restart meets running instances mid-way: the first work item of an
+                # instance this process meets is looked at, whatever it holds.
+                first = met.first(request.instanceId)
                 log.debug("watch: work item for %s: %s", request.instanceId, kinds)
-                by_worker = _started_by_worker(request)
+                by_worker = (wanted or first) and _started_by_worker(request)
                 if by_worker:
                     on_worker_start(request.instanceId)
-                if wanted and (raised or not by_worker):
+                if (wanted or first) and (raised or not by_worker):
                     on_change(request.instanceId, _raised_at(request) if raised else [])
             except Exception:  # never let the watch break workflow execution
                 log.debug("watch: could not read a work item", exc_info=True)
@@ -66,9 +74,29 @@ def _raised_at(request: Any) -> list[datetime]:
     ]
 
 
+class _Recent:
+    """The instance ids this process has met lately (bounded)."""
+
+    def __init__(self, size: int = 100_000) -> None:
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def first(self, instance_id: str) -> bool:
+        """Whether ``instance_id`` is met now for the first time (lately)."""
+        with self._lock:
+            if instance_id in self._ids:
+                self._ids.move_to_end(instance_id)
+                return False
+            self._ids[instance_id] = None
+            if len(self._ids) > self._size:
+                self._ids.popitem(last=False)
+            return True
+
+
 def _started_by_worker(request: Any) -> bool:
-    """A new run that the worker's own start message made (its handler reports it)."""
-    for event in request.newEvents:
+    """A run that the worker's own start message made (its handler reports it)."""
+    for event in (*request.newEvents, *request.pastEvents):
         if event.WhichOneof("eventType") != "executionStarted":
             continue
         started = event.executionStarted
