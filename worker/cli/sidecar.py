@@ -19,7 +19,7 @@ from typing import Any
 from worker.cli.exitcodes import CliError, Exit
 
 HOW_TO_RUN = (
-    "start one, e.g. `dapr run --app-id workflow-client --resources-path components/client "
+    "Start one, e.g. `dapr run --app-id workflow-client --resources-path components/client "
     "--dapr-http-port 3500 --dapr-grpc-port 50001` (shared profile), or point wfctl at a "
     "running sidecar with DAPR_HTTP_PORT/DAPR_GRPC_PORT (--dapr-http-port/--dapr-grpc-port)"
 )
@@ -196,7 +196,13 @@ class Connection:
             if self.address.api_token:
                 setattr(settings, "DAPR_API_TOKEN", self.address.api_token)  # noqa: B010
             try:
-                self._client = DaprClient(address=self.address.grpc_address)
+                from dapr.clients.retry import RetryPolicy
+
+                # No SDK retries (DAPR_API_MAX_RETRIES=-1 would retry for ever): one call,
+                # within the deadline above.
+                self._client = DaprClient(
+                    address=self.address.grpc_address, retry_policy=RetryPolicy(max_attempts=0)
+                )
             except Exception as error:
                 raise CliError(
                     Exit.UNAVAILABLE,
