@@ -61,12 +61,13 @@ from dapr.ext.workflow._durabletask.internal import orchestrator_service_pb2_grp
 
 from scripts import devstack
 from scripts.benchmark import machine_description, write_report
+from worker.watch.watcher import _LIST_PAGE
 
 WORKER_ID = "workflow-worker"
 CONSUMER_ID = "workflow-client"  # the shared profile grants it workflow.status
 RETENTION_ID = "retention-worker"
 STATUS_TOPIC = "workflow.status"
-PAGE_SIZE = 500  # the watch lists instance ids in pages of this many (WorkflowGateway)
+PAGE_SIZE = _LIST_PAGE  # the watch lists instance ids in pages of this many
 PARKING_POLLS_PER_SECOND = 1.0  # worker.parking: the parked-message index, read every second
 CONCURRENCY = 16
 # Who may publish on the protected status topic: the retention worker too (and its own start
@@ -698,7 +699,7 @@ def cost_model(
 ) -> dict[str, float]:
     """Calls the watch should make in ``seconds`` with ``sweeps`` sweeps over ``total``
     instances of which ``running`` are unfinished, by method:
-    - each sweep: the lease (one read, one write) and ceil(total/500) ListInstanceIDs pages;
+    - each sweep: the lease (one read, one write) and ceil(total/PAGE_SIZE) ListInstanceIDs pages;
     - each unfinished instance every ``recheck`` seconds: its state (GetInstance) and what the
       feed last accounted for (GetState);
     - a running instance idle past the stall threshold: its history, once (``history``);
