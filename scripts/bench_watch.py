@@ -822,7 +822,7 @@ def listing_probe(worker: Watched, redis_port: int) -> list[dict[str, Any]]:
     """One complete ListInstanceIDs listing per page size, with the watch off: its time and
     what it costs Redis (daprd 1.18.2 scans the whole key space for every page)."""
     out = []
-    for size in (PAGE_SIZE, 2000, 20_000):
+    for size in sorted({500, 2000, PAGE_SIZE, 20_000}):  # the old page, the watch's, others
         before, began = redis_commands(redis_port), time.monotonic()
         token, pages, ids = "", 0, 0
         while True:

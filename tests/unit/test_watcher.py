@@ -834,3 +834,16 @@ def test_a_worker_start_purged_before_the_next_sweep_is_still_published(rig: Rig
     watcher.sweep()
     assert rig.events() == ["purged"]  # once
     assert records.known() == {}
+
+
+def test_a_resume_in_a_new_generation_is_still_published(rig: Rig) -> None:
+    """A counter continues as new every second: its creation time moves on while it lives,
+    and a resume that lands in a new generation must still be told (seen in CI)."""
+    watcher = rig.watcher()
+    rig.set(instance(origin=WORKER))
+    watcher.check(ID)
+    rig.set(instance("SUSPENDED", updated=at(5), origin=WORKER))
+    watcher.check(ID)
+    rig.set(instance(updated=at(9), created=at(8).replace(tzinfo=None), origin=WORKER))
+    watcher.check(ID)
+    assert rig.events() == ["suspended", "resumed"]

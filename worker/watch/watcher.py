@@ -48,6 +48,10 @@ _HINT_BATCH_SECONDS = 0.05
 # 93k-key database, 21 pages of 500 took 3.0 s, one page of 20,000 0.1 s).
 _LIST_PAGE = 10_000
 _BEHIND_TRIES = 40  # x the batch pause: two seconds
+# An instance in these statuses that shows a new creation time has continued as new; a new
+# creation time after an end is a new life (a start with replace, a rerun in place), and after
+# PENDING the sidecar's "not set" gave way to the real time.
+_GOING_ON = frozenset({"RUNNING", "SUSPENDED"})
 
 
 @dataclass(frozen=True)
@@ -305,7 +309,9 @@ class Watcher:
             run = _iso(state.created_at)
             previous = replace(seen, raised=dict(seen.raised)) if seen is not None else None
             events: list[Outbound] = []
-            if seen is None or seen.run != run:
+            if seen is not None and seen.run != run and seen.status in _GOING_ON:
+                seen.run = run  # continue-as-new: the next generation of the same life
+            elif seen is None or seen.run != run:
                 seen, started = self._new_run(instance_id, state, run)
                 events += started
             events += self._status_change(instance_id, state, seen)
