@@ -29,6 +29,11 @@ from worker.outcomes import Missing, Transient, raise_classified
 
 T = TypeVar("T")
 
+# Ids per ListInstanceIDs call. On Redis daprd answers every call with a scan of the whole
+# keyspace (components-contrib KeysLike), so few large pages cost far less than many small
+# ones (measured: 10,500 ids among 93k keys, 21 pages of 500 took 1.8-3.0 s, one of 20,000 0.1 s).
+LIST_PAGE = 10_000
+
 ACTIVE_STATUSES = frozenset({"RUNNING", "PENDING", "SUSPENDED", "STALLED"})
 TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "TERMINATED"})
 
@@ -185,7 +190,7 @@ class WorkflowGateway:
             instance_id,
         )
 
-    def instance_ids(self, page_size: int = 500) -> Iterator[str]:
+    def instance_ids(self, page_size: int = LIST_PAGE) -> Iterator[str]:
         """Every instance id the sidecar's app-id has, page by page."""
         token: str | None = None
         while True:

@@ -33,7 +33,7 @@ from typing import Any
 
 from worker.events import EventType, StatusEvent, TimelineEntry, as_utc, now, stable_event_id
 from worker.expectations import Expectations
-from worker.gateway import ACTIVE_STATUSES, InstanceState, WorkflowGateway
+from worker.gateway import ACTIVE_STATUSES, LIST_PAGE, InstanceState, WorkflowGateway
 from worker.outcomes import Missing, Rejected, Transient
 from worker.publisher import Outbound, StatusPublisher
 from worker.watch.records import Records, Seen
@@ -43,10 +43,7 @@ log = logging.getLogger(__name__)
 
 _CONFLICT_TRIES = 5
 _HINT_BATCH_SECONDS = 0.05
-# Ids per ListInstanceIDs call. On Redis each call scans the whole keyspace (components-contrib
-# KeysLike), so few large pages cost far less than many small ones (measured: 10,500 ids in a
-# 93k-key database, 21 pages of 500 took 3.0 s, one page of 20,000 0.1 s).
-_LIST_PAGE = 10_000
+_LIST_PAGE = LIST_PAGE  # ids per listing call (see worker.gateway)
 _BEHIND_TRIES = 40  # x the batch pause: two seconds
 # An instance in these statuses that shows a new creation time has continued as new; a new
 # creation time after an end is a new life (a start with replace, a rerun in place), and after
