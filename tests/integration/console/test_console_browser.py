@@ -39,7 +39,10 @@ os.environ.setdefault("SE_OFFLINE", "true")
 os.environ.setdefault("SE_AVOID_STATS", "true")
 
 from selenium import webdriver  # noqa: E402
-from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    StaleElementReferenceException,
+    TimeoutException,
+)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
@@ -77,7 +80,14 @@ def wait(
     driver: WebDriver, what: str, check: Callable[[WebDriver], Any], timeout: float = 30
 ) -> Any:
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.1).until(check)
+        # The live list re-renders rows as status events arrive: an element read a moment
+        # ago may be gone; look again rather than fail.
+        return WebDriverWait(
+            driver,
+            timeout,
+            poll_frequency=0.1,
+            ignored_exceptions=(StaleElementReferenceException,),
+        ).until(check)
     except TimeoutException:
         shown = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".flash, .job")]
         logs = [e.get("message") for e in driver.get_log("browser")][-10:]  # type: ignore[attr-defined]
