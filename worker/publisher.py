@@ -58,17 +58,23 @@ class PublishClient(Protocol):
     ) -> Any: ...
 
 
+def _data(model: BaseModel) -> dict[str, Any]:
+    """``model`` as the JSON data the CloudEvent carries."""
+    return model.model_dump(mode="json", exclude_none=True)
+
+
 def _json(model: BaseModel) -> bytes:
     """``model`` as JSON, byte for byte as the CloudEvent around it will carry it (spaced
     separators, non-ASCII escaped), so that sizes measured here are the sizes sent."""
-    return json.dumps(model.model_dump(mode="json", exclude_none=True)).encode()
+    return json.dumps(_data(model)).encode()
 
 
-def _shrink(event: StatusEvent, limit: int) -> bytes:
-    """The JSON of ``event``, with bulky fields cut to a preview when it exceeds ``limit``."""
-    body = _json(event)
-    if len(body) <= limit:
-        return body
+def _shrink(event: StatusEvent, limit: int) -> dict[str, Any]:
+    """The data of ``event``, with bulky fields cut to a preview when its JSON exceeds
+    ``limit``."""
+    data = _data(event)
+    if len(json.dumps(data).encode()) <= limit:
+        return data
     preview = limit // _PREVIEW_SHARE
     cut: dict[str, Any] = {"truncated": True}
     for field in ("output", "input", "custom_status"):
@@ -89,7 +95,7 @@ def _shrink(event: StatusEvent, limit: int) -> bytes:
         entry_preview = limit // _ENTRY_PREVIEW_SHARE
         entries = [_cut_entry(entry, entry_preview) for entry in event.timeline]
         shrunk = _fit_timeline(shrunk.model_copy(update={"timeline": entries}), limit)
-    return _json(shrunk)
+    return _data(shrunk)
 
 
 def _cut_entry(entry: TimelineEntry, preview: int) -> TimelineEntry:
@@ -233,8 +239,7 @@ class StatusPublisher:
             attributes["subject"] = event.instance_id
             attributes["partitionkey"] = event.instance_id  # CloudEvents partitioning extension
         limit = self._settings.max_status_payload_bytes - _ENVELOPE_BYTES
-        data = json.loads(_shrink(event, limit))
-        return bytes(to_json(CloudEvent(attributes, data)))
+        return bytes(to_json(CloudEvent(attributes, _shrink(event, limit))))
 
     def publish_all(self, events: Iterable[Outbound]) -> None:
         for outbound in events:
