@@ -98,8 +98,11 @@ class WorkflowGateway:
         self._client.close()
         self._channel.close()
 
-    def _call(self, doing: str, fn: Callable[[], T], instance_id: str | None = None) -> T:
-        """``fn()``, its errors classified; a rejection names ``instance_id``."""
+    def _call(
+        self, operation: str, doing: str, fn: Callable[[], T], instance_id: str | None = None
+    ) -> T:
+        """``fn()``, its errors classified; a rejection names ``instance_id``. ``operation``
+        is the call's short name (start, get, raise, ...), a bounded label for telemetry."""
         try:
             return fn()
         except grpc.RpcError as error:
@@ -110,6 +113,7 @@ class WorkflowGateway:
 
     def get_state(self, instance_id: str, *, payloads: bool = True) -> InstanceState | None:
         state = self._call(
+            "get",
             f"get state of {instance_id}",
             lambda: self._client.get_workflow_state(instance_id, fetch_payloads=payloads),
             instance_id,
@@ -134,6 +138,7 @@ class WorkflowGateway:
 
     def start(self, workflow: str, instance_id: str, data: Any, start_at: datetime | None) -> None:
         self._call(
+            "start",
             f"start {workflow} as {instance_id}",
             lambda: self._client.schedule_new_workflow(
                 workflow, input=data, instance_id=instance_id, start_at=start_at
@@ -146,6 +151,7 @@ class WorkflowGateway:
             instanceId=instance_id, name=event_name, input=_payload(data)
         )
         self._call(
+            "raise",
             f"raise {event_name} into {instance_id}",
             lambda: self._stub.RaiseEvent(request, timeout=self._timeout, metadata=self._metadata),
             instance_id,
@@ -154,6 +160,7 @@ class WorkflowGateway:
     def suspend(self, instance_id: str, reason: str | None) -> None:
         request = pb.SuspendRequest(instanceId=instance_id, reason=_payload(reason))
         self._call(
+            "suspend",
             f"suspend {instance_id}",
             lambda: self._stub.SuspendInstance(
                 request, timeout=self._timeout, metadata=self._metadata
@@ -164,6 +171,7 @@ class WorkflowGateway:
     def resume(self, instance_id: str, reason: str | None) -> None:
         request = pb.ResumeRequest(instanceId=instance_id, reason=_payload(reason))
         self._call(
+            "resume",
             f"resume {instance_id}",
             lambda: self._stub.ResumeInstance(
                 request, timeout=self._timeout, metadata=self._metadata
@@ -176,6 +184,7 @@ class WorkflowGateway:
             instanceId=instance_id, output=_payload(output), recursive=recursive
         )
         self._call(
+            "terminate",
             f"terminate {instance_id}",
             lambda: self._stub.TerminateInstance(
                 request, timeout=self._timeout, metadata=self._metadata
@@ -185,6 +194,7 @@ class WorkflowGateway:
 
     def purge(self, instance_id: str, recursive: bool) -> None:
         self._call(
+            "purge",
             f"purge {instance_id}",
             lambda: self._client.purge_workflow(instance_id, recursive=recursive),
             instance_id,
@@ -198,6 +208,7 @@ class WorkflowGateway:
             if token:
                 request.continuationToken = token
             page = self._call(
+                "list",
                 "list instances",
                 lambda r=request: self._stub.ListInstanceIDs(  # type: ignore[misc]
                     r, timeout=self._timeout, metadata=self._metadata
@@ -224,4 +235,4 @@ class WorkflowGateway:
                 raise
             return list(response.events)
 
-        return self._call(f"history of {instance_id}", fetch, instance_id)
+        return self._call("history", f"history of {instance_id}", fetch, instance_id)
