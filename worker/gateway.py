@@ -10,6 +10,7 @@ suspend/resume with a reason, raise/terminate with a falsy payload (the client d
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,6 +25,7 @@ from dapr.ext.workflow._durabletask.internal.history_events_pb2 import HistoryEv
 from dapr.ext.workflow.logger import LoggerOptions
 from google.protobuf import wrappers_pb2
 
+from worker.instruments import NO_INSTRUMENTS, Instruments, call_result
 from worker.origin import Origin, unwrap
 from worker.outcomes import Missing, Transient, raise_classified
 
@@ -76,10 +78,17 @@ def _payload(value: Any) -> wrappers_pb2.StringValue | None:
 class WorkflowGateway:
     """Workflow-management calls with deadlines and classified errors."""
 
+    _instruments: Instruments = NO_INSTRUMENTS
+
     def __init__(
-        self, timeout_seconds: float, address: str | None = None, sdk_log_level: str = "WARNING"
+        self,
+        timeout_seconds: float,
+        address: str | None = None,
+        sdk_log_level: str = "WARNING",
+        instruments: Instruments = NO_INSTRUMENTS,
     ) -> None:
         self._timeout = timeout_seconds
+        self._instruments = instruments
         # The SDK applies this deadline to every unary call of its clients.
         setattr(dapr_settings, "DAPR_API_TIMEOUT_SECONDS", timeout_seconds)  # noqa: B010
         self._client = DaprWorkflowClient(
@@ -103,13 +112,24 @@ class WorkflowGateway:
     ) -> T:
         """``fn()``, its errors classified; a rejection names ``instance_id``. ``operation``
         is the call's short name (start, get, raise, ...), a bounded label for telemetry."""
+        began = time.perf_counter()
+        failure: BaseException | None = None
         try:
             return fn()
         except grpc.RpcError as error:
+            failure = error
             raise_classified(error, doing, instance_id)
             raise  # unreachable: raise_classified always raises
         except TimeoutError as error:
+            failure = error
             raise Transient(f"{doing}: timed out") from error
+        except BaseException as error:
+            failure = error
+            raise
+        finally:
+            self._instruments.sidecar_call(
+                operation, call_result(failure), time.perf_counter() - began
+            )
 
     def get_state(self, instance_id: str, *, payloads: bool = True) -> InstanceState | None:
         state = self._call(

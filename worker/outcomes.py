@@ -3,8 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 import grpc
+
+
+class RejectCode(StrEnum):
+    """Why a message was rejected, in one word: a bounded label for metrics (the reason's
+    text, in the `rejected` event, says the rest)."""
+
+    INVALID_MESSAGE = "invalid_message"  # not JSON, not UTF-8, wrong content type, schema
+    TOO_LARGE = "too_large"  # above max_message_bytes
+    UNKNOWN_WORKFLOW = "unknown_workflow"  # not allowed here, or not registered
+    UNKNOWN_INSTANCE = "unknown_instance"  # still unknown after the grace period
+    INSTANCE_EXISTS = "instance_exists"  # a start for an id in use (or finished, no replace)
+    STATE_FORBIDS = "state_forbids"  # the instance's status forbids the action
+    SIDECAR_REFUSED = "sidecar_refused"  # any other permanent error from the sidecar
+    GAVE_UP = "gave_up"  # still failing transiently after max_transient_attempts
+    OTHER = "other"
 
 
 class Rejected(Exception):
@@ -14,12 +30,14 @@ class Rejected(Exception):
         self,
         reason: str,
         *,
+        code: RejectCode = RejectCode.OTHER,
         status: str | None = None,
         instance_id: str | None = None,
         workflow: str | None = None,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.code = code
         self.status = status
         self.instance_id = instance_id
         self.workflow = workflow
@@ -55,15 +73,25 @@ _TRANSIENT_CODES = frozenset(
 # Dapr reports several permanent conditions with UNKNOWN/INTERNAL and a message; these
 # fragments (lower case) turn such an error into a rejection with a readable reason.
 _PERMANENT_FRAGMENTS = {
-    "no such instance": "unknown instance",
-    "not found": "unknown instance",
-    "does not exist": "unknown instance",
-    "already exists": "instance already exists",
-    "has not yet completed": "instance has not finished",
-    "not in a terminal state": "instance has not finished",
-    "is not running": "instance is not running",
-    "unknown workflow": "unknown workflow",
-    "no orchestrator": "unknown workflow",
+    "no such instance": ("unknown instance", RejectCode.UNKNOWN_INSTANCE),
+    "not found": ("unknown instance", RejectCode.UNKNOWN_INSTANCE),
+    "does not exist": ("unknown instance", RejectCode.UNKNOWN_INSTANCE),
+    "already exists": ("instance already exists", RejectCode.INSTANCE_EXISTS),
+    "has not yet completed": ("instance has not finished", RejectCode.STATE_FORBIDS),
+    "not in a terminal state": ("instance has not finished", RejectCode.STATE_FORBIDS),
+    "is not running": ("instance is not running", RejectCode.STATE_FORBIDS),
+    "unknown workflow": ("unknown workflow", RejectCode.UNKNOWN_WORKFLOW),
+    "no orchestrator": ("unknown workflow", RejectCode.UNKNOWN_WORKFLOW),
+}
+_PERMANENT_CODES = {
+    grpc.StatusCode.NOT_FOUND: RejectCode.UNKNOWN_INSTANCE,
+    grpc.StatusCode.ALREADY_EXISTS: RejectCode.INSTANCE_EXISTS,
+    grpc.StatusCode.FAILED_PRECONDITION: RejectCode.STATE_FORBIDS,
+    grpc.StatusCode.INVALID_ARGUMENT: RejectCode.SIDECAR_REFUSED,
+    grpc.StatusCode.OUT_OF_RANGE: RejectCode.SIDECAR_REFUSED,
+    grpc.StatusCode.PERMISSION_DENIED: RejectCode.SIDECAR_REFUSED,
+    grpc.StatusCode.UNAUTHENTICATED: RejectCode.SIDECAR_REFUSED,
+    grpc.StatusCode.UNIMPLEMENTED: RejectCode.SIDECAR_REFUSED,
 }
 
 
@@ -71,6 +99,7 @@ _PERMANENT_FRAGMENTS = {
 class Classified:
     transient: bool
     reason: str
+    code: RejectCode = RejectCode.SIDECAR_REFUSED  # when not transient
 
 
 def classify_rpc_error(error: grpc.RpcError) -> Classified:
@@ -80,20 +109,11 @@ def classify_rpc_error(error: grpc.RpcError) -> Classified:
     if code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, None):
         # Dapr wraps several permanent conditions in UNKNOWN/INTERNAL: read the message.
         lowered = details.lower()
-        for fragment, label in _PERMANENT_FRAGMENTS.items():
+        for fragment, (label, reject_code) in _PERMANENT_FRAGMENTS.items():
             if fragment in lowered:
-                return Classified(transient=False, reason=f"{label}: {details}")
-    if code in (
-        grpc.StatusCode.NOT_FOUND,
-        grpc.StatusCode.ALREADY_EXISTS,
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.FAILED_PRECONDITION,
-        grpc.StatusCode.OUT_OF_RANGE,
-        grpc.StatusCode.PERMISSION_DENIED,
-        grpc.StatusCode.UNAUTHENTICATED,
-        grpc.StatusCode.UNIMPLEMENTED,
-    ):
-        return Classified(transient=False, reason=f"{code.name}: {details}")
+                return Classified(False, f"{label}: {details}", reject_code)
+    if code is not None and code in _PERMANENT_CODES:
+        return Classified(False, f"{code.name}: {details}", _PERMANENT_CODES[code])
     name = code.name if code is not None else "error"
     return Classified(
         transient=code in _TRANSIENT_CODES or code is None, reason=f"{name}: {details}"
@@ -105,4 +125,6 @@ def raise_classified(error: grpc.RpcError, doing: str, instance_id: str | None =
     result = classify_rpc_error(error)
     if result.transient:
         raise Transient(f"{doing}: {result.reason}") from error
-    raise Rejected(f"{doing}: {result.reason}", instance_id=instance_id) from error
+    raise Rejected(
+        f"{doing}: {result.reason}", code=result.code, instance_id=instance_id
+    ) from error

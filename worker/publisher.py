@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from worker.config import Settings
 from worker.events import EventType, StatusEvent, TimelineEntry
 from worker.handlers.inbound import Inbound
+from worker.instruments import NO_INSTRUMENTS, Instruments
 from worker.outcomes import Transient
 
 log = logging.getLogger(__name__)
@@ -154,9 +155,15 @@ def _fit_timeline(event: StatusEvent, limit: int) -> StatusEvent:
 class StatusPublisher:
     """Publishes `Outbound` events, honouring the configured event-type filters."""
 
-    def __init__(self, client: PublishClient, settings: Settings) -> None:
+    def __init__(
+        self,
+        client: PublishClient,
+        settings: Settings,
+        instruments: Instruments = NO_INSTRUMENTS,
+    ) -> None:
         self._client = client
         self._settings = settings
+        self._instruments = instruments
         self._enabled = set(settings.status_events) if settings.status_events else None
         self._per_workflow = {k: set(v) for k, v in settings.status_events_per_workflow.items()}
         # Told of every event once it is out (or filtered out by the settings above): a
@@ -171,6 +178,7 @@ class StatusPublisher:
     def publish(self, outbound: Outbound) -> None:
         event = outbound.event
         if not self.wanted(event):
+            self._instruments.status_event(event.event.value, "skipped")
             self._tell(outbound)
             return
         subject = event.instance_id or ""
@@ -185,7 +193,9 @@ class StatusPublisher:
                 publish_metadata={"partitionKey": subject} if subject else {},
             )
         except grpc.RpcError as error:
+            self._instruments.status_event(event.event.value, "failed")
             raise Transient(f"publish {event.event} for {subject}: {error}") from error
+        self._instruments.status_event(event.event.value, "published")
         if self._settings.echo_status:
             echo.info(compact(event))
         self._tell(outbound)

@@ -9,7 +9,7 @@ from worker.handlers.inbound import Inbound, parse
 from worker.handlers.report import report
 from worker.idempotency import Claim
 from worker.messages import RaiseEvent
-from worker.outcomes import Missing, Rejected
+from worker.outcomes import Missing, RejectCode, Rejected
 from worker.publisher import Outbound
 
 
@@ -28,6 +28,7 @@ class ApprovalHandler:
             raise Rejected(
                 f"instance {request.instance_id} already finished ({state.status}); "
                 f"event {request.event_name!r} not delivered",
+                code=RejectCode.STATE_FORBIDS,
                 status=state.status,
                 instance_id=state.instance_id,
                 workflow=state.workflow,

@@ -24,7 +24,7 @@ from worker.messages import (
     Terminate,
     control_adapter,
 )
-from worker.outcomes import Missing, Rejected
+from worker.outcomes import Missing, RejectCode, Rejected
 from worker.publisher import Outbound
 from worker.timeline import build_timeline, run_input
 
@@ -139,7 +139,9 @@ class ControlHandler:
                         timeline=build_timeline(history),
                     )
                 ]
-        raise Rejected(f"unsupported control message {request!r}")  # pragma: no cover
+        raise Rejected(  # pragma: no cover
+            f"unsupported control message {request!r}", code=RejectCode.INVALID_MESSAGE
+        )
 
     def _existing(self, instance_id: str, *, payloads: bool = False) -> InstanceState:
         state = self._gateway.get_state(instance_id, payloads=payloads)
@@ -178,6 +180,7 @@ class ControlHandler:
             raise Rejected(
                 f"cannot {change.verb} {instance_id}: "
                 f"instance is {state.status} ({change.why_not})",
+                code=RejectCode.STATE_FORBIDS,
                 status=state.status,
                 instance_id=instance_id,
                 workflow=state.workflow,

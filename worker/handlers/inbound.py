@@ -8,12 +8,13 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from worker.outcomes import Rejected
+from worker.outcomes import RejectCode, Rejected
 
 M = TypeVar("M")
 
 # Content types whose data is read as JSON. Dapr uses text/plain when a publisher gives none.
 _JSON_TYPES = ("application/json", "text/json", "text/plain", "")
+_INVALID = RejectCode.INVALID_MESSAGE
 
 
 @dataclass(frozen=True)
@@ -35,19 +36,22 @@ class Inbound:
 def _json_body(message: Inbound) -> Any:
     content_type = message.content_type.split(";")[0].strip().lower()
     if content_type not in _JSON_TYPES and not content_type.endswith("+json"):
-        raise Rejected(f"unsupported content type {message.content_type!r}: send application/json")
+        raise Rejected(
+            f"unsupported content type {message.content_type!r}: send application/json",
+            code=_INVALID,
+        )
     try:
         text = message.data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise Rejected(f"data is not UTF-8 text: {error}") from error
+        raise Rejected(f"data is not UTF-8 text: {error}", code=_INVALID) from error
     try:
         body = json.loads(text)
         if isinstance(body, str) and body.lstrip().startswith("{"):
             body = json.loads(body)  # JSON published as a text/plain string
     except ValueError as error:
-        raise Rejected(f"data is not valid JSON: {error}") from error
+        raise Rejected(f"data is not valid JSON: {error}", code=_INVALID) from error
     if not isinstance(body, dict):
-        raise Rejected(f"data must be a JSON object, got {type(body).__name__}")
+        raise Rejected(f"data must be a JSON object, got {type(body).__name__}", code=_INVALID)
     return body
 
 
@@ -67,4 +71,4 @@ def parse(message: Inbound, model: type[BaseModel] | TypeAdapter[Any]) -> Any:
             return model.validate_python(body)
         return model.model_validate(body)
     except ValidationError as error:
-        raise Rejected(_explain(error)) from error
+        raise Rejected(_explain(error), code=_INVALID) from error

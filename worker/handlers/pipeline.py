@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Protocol
 
 from cloudevents.sdk.event import v1
@@ -19,7 +20,8 @@ from dapr.clients.grpc._response import TopicEventResponse
 from worker.events import EventType, StatusEvent, now, stable_event_id
 from worker.handlers.inbound import Inbound
 from worker.idempotency import Begin, Claim, IdempotencyStore, message_key
-from worker.outcomes import Missing, Rejected, Transient
+from worker.instruments import NO_INSTRUMENTS, Instruments, Outcome, RetryReason
+from worker.outcomes import Missing, RejectCode, Rejected, Transient
 from worker.parking import ParkingLot
 from worker.publisher import Outbound, StatusPublisher
 
@@ -30,6 +32,21 @@ _ATTEMPTS_REMEMBERED = 10_000
 # A message that arrives before the worker is ready waits this long, then is redelivered.
 _READY_WAIT_SECONDS = 5.0
 _STARTS = frozenset({EventType.STARTED, EventType.SCHEDULED})
+_WAITING = "waiting"  # a parked message that still waits for its instance: not an outcome
+_ANSWERS = {Outcome.DUPLICATE: "success", Outcome.PARKED: "success", _WAITING: "retry"}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The answer to the sidecar, and what became of the message (labels for telemetry)."""
+
+    response: TopicEventResponse
+    outcome: str
+    reason: str = ""
+
+
+def _verdict(outcome: str, reason: str = "") -> Verdict:
+    return Verdict(TopicEventResponse(_ANSWERS.get(outcome, outcome)), outcome, reason)
 
 
 class TopicHandler(Protocol):
@@ -96,10 +113,12 @@ class Pipeline:
         parking: ParkingLot | None = None,
         grace_seconds: float = 0.0,
         ready: threading.Event | None = None,
+        instruments: Instruments = NO_INSTRUMENTS,
     ) -> None:
         """``parking``/``grace_seconds``: where a message for an instance that does not exist
         yet waits, and for how long (see `worker.parking`). ``ready``: set once the worker
-        can act on messages (its workflow runtime is connected)."""
+        can act on messages (its workflow runtime is connected). ``instruments``: told what
+        becomes of each message (`worker.instruments`)."""
         self._store = store
         self._publisher = publisher
         self._max_bytes = max_message_bytes
@@ -107,15 +126,18 @@ class Pipeline:
         self._parking = parking
         self._grace = grace_seconds
         self._ready = ready
+        self._instruments = instruments
         self._attempts: OrderedDict[str, int] = OrderedDict()
         self._lock = threading.Lock()
         self.in_flight = InFlight()
 
     def __call__(self, topic: str, handler: TopicHandler, event: v1.Event) -> TopicEventResponse:
-        if self.in_flight.draining:
-            return TopicEventResponse("retry")  # shutting down: let another replica have it
+        self._instruments.message_received(topic)
+        if self.in_flight.draining:  # shutting down: let another replica have it
+            return self._not_now(topic, RetryReason.DRAINING, time.perf_counter())
+        began = time.perf_counter()
         if self._ready is not None and not self._ready.wait(_READY_WAIT_SECONDS):
-            return TopicEventResponse("retry")  # still starting: the sidecar redelivers it
+            return self._not_now(topic, RetryReason.STARTING, began)  # the sidecar redelivers
         message = Inbound(
             topic=topic,
             message_id=str(event.EventID() or ""),
@@ -129,10 +151,26 @@ class Pipeline:
     def handle(self, handler: TopicHandler, message: Inbound) -> TopicEventResponse:
         """Run ``message`` through the line. A message retried from the parking lot answers
         `retry` while it still waits for its instance."""
-        with self.in_flight:
-            return self._run(handler, message)
+        began = time.perf_counter()
+        self._instruments.in_flight(message.topic, 1)
+        try:
+            with self.in_flight:
+                verdict = self._run(handler, message)
+        finally:
+            self._instruments.in_flight(message.topic, -1)
+        if verdict.outcome != _WAITING:
+            seconds = time.perf_counter() - began
+            self._instruments.message_handled(
+                message.topic, verdict.outcome, verdict.reason, seconds
+            )
+        return verdict.response
 
-    def _run(self, handler: TopicHandler, message: Inbound) -> TopicEventResponse:
+    def _not_now(self, topic: str, reason: str, began: float) -> TopicEventResponse:
+        seconds = time.perf_counter() - began
+        self._instruments.message_handled(topic, Outcome.RETRY, reason, seconds)
+        return TopicEventResponse("retry")
+
+    def _run(self, handler: TopicHandler, message: Inbound) -> Verdict:
         key = message_key(message.topic, message.source, message.message_id)
         try:
             claim = self._store.begin(key)
@@ -145,19 +183,20 @@ class Pipeline:
                 self._publisher.publish_all(claim.events)
                 if not claim.published:
                     self._store.finish(key, claim.events)
-                return TopicEventResponse("success")
+                return _verdict(Outcome.DUPLICATE)
             if claim.outcome is Begin.BUSY:
                 log.info("%s is being handled by another delivery: retry later", message.describe())
-                return TopicEventResponse("retry")
+                return _verdict(Outcome.RETRY, RetryReason.BUSY)
         except Transient as error:
             log.warning("retry %s: %s", message.describe(), error)
-            return TopicEventResponse("retry")
+            return _verdict(Outcome.RETRY, RetryReason.TRANSIENT)
 
-        status = "success"
+        status, code = "success", ""
         try:
             if len(message.data) > self._max_bytes:
                 raise Rejected(
-                    f"message is {len(message.data)} bytes; the limit is {self._max_bytes}"
+                    f"message is {len(message.data)} bytes; the limit is {self._max_bytes}",
+                    code=RejectCode.TOO_LARGE,
                 )
             events = handler.handle(message, claim)
         except Missing as error:
@@ -169,7 +208,7 @@ class Pipeline:
             if self._parking is not None and self._grace > 0:
                 reason += f" (waited {waited:.0f}s for it to be started)"
             events = [rejection(message, reason, instance_id=error.instance_id)]
-            status = "drop"
+            status, code = "drop", RejectCode.UNKNOWN_INSTANCE
         except Rejected as error:
             events = [
                 rejection(
@@ -180,8 +219,10 @@ class Pipeline:
                     workflow=error.workflow,
                 )
             ]
-            status = "drop"
+            status, code = "drop", error.code
         except Exception as error:  # Transient, or a bug: retry, but not for ever
+            kind = RetryReason.TRANSIENT if isinstance(error, Transient) else RetryReason.UNEXPECTED
+            self._instruments.transient_attempt(message.topic, kind)
             if self._count_attempt(key) < self._max_attempts:
                 log.warning(
                     "retry %s: %s",
@@ -190,9 +231,9 @@ class Pipeline:
                     exc_info=not isinstance(error, Transient),
                 )
                 self._store.release(key)
-                return TopicEventResponse("retry")
+                return _verdict(Outcome.RETRY, kind)
             reason = f"gave up after {self._max_attempts} attempts; last error: {error}"
-            events, status = [rejection(message, reason)], "drop"
+            events, status, code = [rejection(message, reason)], "drop", RejectCode.GAVE_UP
 
         try:
             # Publish, then record: a done record then means "its events are out" (a
@@ -205,38 +246,36 @@ class Pipeline:
                 self._store.finish(key, events, published=False)
             except Transient:
                 log.warning("could not record %s either; its claim expires by lease", key)
-            return TopicEventResponse("retry")
+            return _verdict(Outcome.RETRY, RetryReason.TRANSIENT)
         try:
             self._store.finish(key, events)
         except Transient as error:
             log.warning("retry %s (events published): %s", message.describe(), error)
-            return TopicEventResponse("retry")
+            return _verdict(Outcome.RETRY, RetryReason.TRANSIENT)
         self._forget_attempts(key)
         self._audit(message, events, status)
         if self._parking is not None and any(o.event.event in _STARTS for o in events):
             self._parking.nudge()  # a parked message may have waited for this instance
-        return TopicEventResponse(status)
+        return _verdict(status, code)
 
-    def _park(
-        self, key: str, message: Inbound, first_seen: float, missing: Missing
-    ) -> TopicEventResponse:
+    def _park(self, key: str, message: Inbound, first_seen: float, missing: Missing) -> Verdict:
         """Keep a message whose instance does not exist yet, and free its delivery."""
         assert self._parking is not None
         self._store.release(key)
         if message.first_seen is not None:  # already parked: it waits on
-            return TopicEventResponse("retry")
+            return _verdict(_WAITING)
         try:
             self._parking.park(key, message, first_seen)
         except Transient as error:
             log.warning("retry %s: %s", message.describe(), error)
-            return TopicEventResponse("retry")
+            return _verdict(Outcome.RETRY, RetryReason.TRANSIENT)
         log.info(
             "parked %s: %s; trying again for up to %.0fs",
             message.describe(),
             missing,
             self._grace,
         )
-        return TopicEventResponse("success")
+        return _verdict(Outcome.PARKED)
 
     def _count_attempt(self, key: str) -> int:
         with self._lock:

@@ -13,7 +13,7 @@ from worker.handlers.report import report
 from worker.idempotency import Claim
 from worker.messages import StartWorkflow
 from worker.origin import Origin
-from worker.outcomes import Rejected, Transient
+from worker.outcomes import RejectCode, Rejected, Transient
 from worker.publisher import Outbound
 
 # A PENDING instance this young may be one a timed-out start of this message created.
@@ -54,7 +54,8 @@ class StartHandler:
         if request.workflow not in self._allowed:
             raise Rejected(
                 f"workflow {request.workflow!r} is not allowed here; allowed: "
-                f"{', '.join(sorted(self._allowed)) or 'none'}"
+                f"{', '.join(sorted(self._allowed)) or 'none'}",
+                code=RejectCode.UNKNOWN_WORKFLOW,
             )
         instance_id = request.instance_id or derived_instance_id(request.workflow, message)
         existing = self._gateway.get_state(instance_id, payloads=True)
@@ -99,6 +100,7 @@ class StartHandler:
         if not existing.is_terminal:
             raise Rejected(
                 f"instance {instance_id} already exists and is {existing.status}",
+                code=RejectCode.INSTANCE_EXISTS,
                 status=existing.status,
                 instance_id=instance_id,
                 workflow=request.workflow,
@@ -107,6 +109,7 @@ class StartHandler:
             raise Rejected(
                 f"instance {instance_id} already finished ({existing.status}); send "
                 "replace: true to start it again (this wipes its history)",
+                code=RejectCode.INSTANCE_EXISTS,
                 status=existing.status,
                 instance_id=instance_id,
                 workflow=request.workflow,
