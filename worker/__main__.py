@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from worker.config import Settings, load_settings
+from worker.instruments import NO_INSTRUMENTS, Instruments
 from worker.service import Addon, WorkerService
 
 log = logging.getLogger("worker")
@@ -26,22 +27,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.addHandler(handler)  # the worker's loggers; the SDK's have handlers of their own
     log.setLevel(settings.log_level.upper())
     log.propagate = False
-    serve(WorkerService(settings, addons=addons_for(settings)))
+    addons = addons_for(settings)
+    serve(WorkerService(settings, addons=addons, instruments=instruments_of(addons)))
     return 0
 
 
 def addons_for(settings: Settings) -> list[Addon]:
     """The surfaces built on the core that these settings turn on."""
     addons: list[Addon] = []
+    watch = None
     if settings.watch_enabled:
         from worker.watch import Watch
 
-        addons.append(Watch())
+        watch = Watch()
+        addons.append(watch)
     if settings.console_enabled:
         from worker.console import Console
 
         addons.append(Console())
+    if settings.metrics_enabled:
+        from worker.telemetry.metrics import Metrics
+
+        inventory = watch.inventory if watch is not None else None
+        addons.append(Metrics(settings.metrics_host, settings.metrics_port, inventory))
     return addons
+
+
+def instruments_of(addons: Sequence[Addon]) -> Instruments:
+    """What measures the core: an add-on's instruments (the metrics'), else nothing."""
+    for addon in addons:
+        instruments = getattr(addon, "instruments", None)
+        if isinstance(instruments, Instruments):
+            return instruments
+    return NO_INSTRUMENTS
 
 
 def serve(service: WorkerService, on_ready: Callable[[], None] | None = None) -> None:

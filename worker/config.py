@@ -195,6 +195,21 @@ class Settings(BaseSettings):
         description="How often the console's instance list is reconciled with the sidecar "
         "(new and purged ids; a share of the unfinished instances re-read).",
     )
+    metrics_enabled: bool = Field(
+        default=False,
+        description="Serve Prometheus metrics on metrics_host:metrics_port, path /metrics "
+        "(worker.telemetry.metrics); scripts/run.sh turns it on.",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Address the metrics endpoint listens on (0.0.0.0: every interface).",
+    )
+    metrics_port: int = Field(
+        default=9464,
+        ge=0,
+        le=65535,
+        description="Metrics port (OpenTelemetry's Prometheus default; 0: any free port, logged).",
+    )
     log_level: str = "INFO"
     sdk_log_level: str = Field(
         default="WARNING", description="Log level of the Dapr SDK's workflow client and runtime."

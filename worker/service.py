@@ -37,6 +37,7 @@ from worker.handlers.pipeline import Pipeline, TopicHandler
 from worker.handlers.start import StartHandler
 from worker.hosting import build_runtime
 from worker.idempotency import IdempotencyStore, message_key
+from worker.instruments import NO_INSTRUMENTS, Instruments, MeasuredClient
 from worker.parking import ParkingLot
 from worker.publisher import StatusPublisher
 
@@ -110,8 +111,11 @@ class WorkerService:
         settings: Settings,
         extra_subscriptions: Mapping[tuple[str, str], Subscriber] | None = None,
         addons: Sequence[Addon] = (),
+        instruments: Instruments = NO_INSTRUMENTS,
     ) -> None:
+        """``instruments``: where the core reports what it measures (`worker.instruments`)."""
         self.settings = settings
+        self.instruments = instruments
         self._addons = list(addons)
         self._extra_subscriptions = extra_subscriptions
         self._ready = threading.Event()
@@ -128,11 +132,16 @@ class WorkerService:
 
     def start(self) -> None:
         s = self.settings
-        self._gateway = WorkflowGateway(s.call_timeout_seconds, sdk_log_level=s.sdk_log_level)
+        measure = self.instruments
+        self._gateway = WorkflowGateway(
+            s.call_timeout_seconds, sdk_log_level=s.sdk_log_level, instruments=measure
+        )
         self._dapr = DaprClient()  # waits (bounded) for the sidecar to be up
-        publisher = StatusPublisher(self._dapr, s)
+        # State and publish calls timed too, when something measures (no wrapper otherwise).
+        client = self._dapr if measure is NO_INSTRUMENTS else MeasuredClient(self._dapr, measure)
+        publisher = StatusPublisher(client, s, measure)
         store = IdempotencyStore(
-            self._dapr, s.state_store, s.idempotency_ttl_seconds, s.claim_lease_seconds
+            client, s.state_store, s.idempotency_ttl_seconds, s.claim_lease_seconds
         )
 
         def start_handled(source: str, message_id: str) -> bool | None:
@@ -144,7 +153,7 @@ class WorkerService:
         allowed = registry.workflow_names
         if s.allowed_workflows is not None:
             allowed = s.allowed_workflows
-        parking = ParkingLot(self._dapr, s.state_store, s.idempotency_ttl_seconds)
+        parking = ParkingLot(client, s.state_store, s.idempotency_ttl_seconds)
         self._pipeline = Pipeline(
             store,
             publisher,
@@ -153,9 +162,10 @@ class WorkerService:
             parking=parking,
             grace_seconds=s.unknown_instance_grace_seconds,
             ready=self._acting,
+            instruments=measure,
         )
         notes = (
-            Expectations(self._dapr, s.state_store, s.idempotency_ttl_seconds)
+            Expectations(client, s.state_store, s.idempotency_ttl_seconds)
             if s.watch_enabled
             else None
         )

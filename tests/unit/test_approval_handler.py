@@ -11,7 +11,7 @@ from worker.events import EventType
 from worker.gateway import WorkflowGateway
 from worker.handlers.approval import ApprovalHandler
 from worker.idempotency import Begin, Claim
-from worker.outcomes import Missing, Rejected
+from worker.outcomes import Missing, RejectCode, Rejected
 
 CLAIM = Claim(Begin.NEW, "key")
 
@@ -71,4 +71,5 @@ def test_finished_instance_is_rejected(
     assert "already finished" in info.value.reason
     assert "'approval_decision' not delivered" in info.value.reason
     assert info.value.status == status
+    assert info.value.code is RejectCode.STATE_FORBIDS
     assert gateway.mutations() == []

@@ -12,7 +12,7 @@ from worker.events import EventType
 from worker.gateway import InstanceState, WorkflowGateway
 from worker.handlers.control import ControlHandler
 from worker.idempotency import Begin, Claim
-from worker.outcomes import Missing, Rejected
+from worker.outcomes import Missing, RejectCode, Rejected
 from worker.publisher import Outbound
 
 CLAIM = Claim(Begin.NEW, "key")
@@ -366,5 +366,6 @@ def test_taken_over_still_rejects_impossible_changes(
     handler: ControlHandler, gateway: FakeGateway
 ) -> None:
     gateway.states["order-1"] = state("order-1", "COMPLETED")
-    with pytest.raises(Rejected, match="cannot suspend"):
+    with pytest.raises(Rejected, match="cannot suspend") as info:
         handler.handle(inbound({"action": "suspend", "instance_id": "order-1"}), TAKEN_OVER)
+    assert info.value.code is RejectCode.STATE_FORBIDS

@@ -9,7 +9,7 @@ import pytest
 from tests.unit.fakes import inbound
 from worker.handlers.inbound import Inbound, parse
 from worker.messages import Purge, RaiseEvent, StartWorkflow, Suspend, control_adapter
-from worker.outcomes import Rejected
+from worker.outcomes import RejectCode, Rejected
 
 _BODY = {"workflow": "approval_workflow", "instance_id": "order-1"}
 
@@ -58,6 +58,7 @@ def test_falsy_data_survives_parsing() -> None:
 def _reason(message: Inbound, model: type[StartWorkflow] = StartWorkflow) -> str:
     with pytest.raises(Rejected) as info:
         parse(message, model)
+    assert info.value.code is RejectCode.INVALID_MESSAGE  # every reason parsing gives
     return info.value.reason
 
 

@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from tests.unit.fakes import FakeRpcError
-from worker.outcomes import Rejected, Transient, classify_rpc_error, raise_classified
+from worker.outcomes import RejectCode, Rejected, Transient, classify_rpc_error, raise_classified
 
 
 @pytest.mark.parametrize(
@@ -116,3 +116,25 @@ def test_a_rejection_names_the_instance_it_is_about() -> None:
     with pytest.raises(Rejected) as info:
         raise_classified(error, "suspend order-1", "order-1")
     assert info.value.instance_id == "order-1"
+
+
+@pytest.mark.parametrize(
+    ("code", "details", "expected"),
+    [
+        (grpc.StatusCode.UNKNOWN, "no such instance exists", RejectCode.UNKNOWN_INSTANCE),
+        (grpc.StatusCode.NOT_FOUND, "gone", RejectCode.UNKNOWN_INSTANCE),
+        (grpc.StatusCode.UNKNOWN, "Instance 'x' Already Exists", RejectCode.INSTANCE_EXISTS),
+        (grpc.StatusCode.ALREADY_EXISTS, "x", RejectCode.INSTANCE_EXISTS),
+        (grpc.StatusCode.INTERNAL, "has not yet completed", RejectCode.STATE_FORBIDS),
+        (grpc.StatusCode.FAILED_PRECONDITION, "x", RejectCode.STATE_FORBIDS),
+        (grpc.StatusCode.UNKNOWN, "no orchestrator named 'x'", RejectCode.UNKNOWN_WORKFLOW),
+        (grpc.StatusCode.PERMISSION_DENIED, "x", RejectCode.SIDECAR_REFUSED),
+    ],
+)
+def test_a_rejection_from_the_sidecar_has_a_bounded_code(
+    code: grpc.StatusCode, details: str, expected: RejectCode
+) -> None:
+    with pytest.raises(Rejected) as raised:
+        raise_classified(FakeRpcError(code, details), "do it", "order-1")
+    assert raised.value.code is expected
+    assert details in raised.value.reason  # the text keeps the details; the code is the label

@@ -16,7 +16,7 @@ from worker.handlers.start import StartHandler, derived_instance_id
 from worker.idempotency import Begin, Claim
 from worker.messages import StartWorkflow
 from worker.origin import Origin, unwrap
-from worker.outcomes import Rejected, Transient
+from worker.outcomes import RejectCode, Rejected, Transient
 
 ALLOWED = ("approval_workflow", "counter_workflow")
 NEW = Claim(Begin.NEW, "key")
@@ -123,6 +123,7 @@ def test_workflow_not_allowed_is_rejected(handler: StartHandler, gateway: FakeGa
         handler.handle(message, NEW)
     assert "'evil_workflow' is not allowed" in info.value.reason
     assert "approval_workflow, counter_workflow" in info.value.reason
+    assert info.value.code is RejectCode.UNKNOWN_WORKFLOW
     assert gateway.calls == []
 
 
@@ -139,6 +140,7 @@ def test_invalid_message_is_rejected_before_any_call(
     with pytest.raises(Rejected) as info:
         handler.handle(start_message(instance_id="has space"), NEW)
     assert "instance_id" in info.value.reason
+    assert info.value.code is RejectCode.INVALID_MESSAGE
     assert gateway.calls == []
 
 
@@ -155,6 +157,7 @@ def test_active_existing_instance_is_rejected(
     assert info.value.status == status
     assert info.value.instance_id == "order-1"
     assert info.value.workflow == "approval_workflow"
+    assert info.value.code is RejectCode.INSTANCE_EXISTS
     assert gateway.mutations() == []
 
 
@@ -168,6 +171,7 @@ def test_finished_instance_without_replace_is_rejected(
     assert "replace" in info.value.reason
     assert status in info.value.reason
     assert info.value.status == status
+    assert info.value.code is RejectCode.INSTANCE_EXISTS
     assert gateway.mutations() == []
 
 

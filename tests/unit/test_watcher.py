@@ -847,3 +847,23 @@ def test_a_resume_in_a_new_generation_is_still_published(rig: Rig) -> None:
     rig.set(instance(updated=at(9), created=at(8).replace(tzinfo=None), origin=WORKER))
     watcher.check(ID)
     assert rig.events() == ["suspended", "resumed"]
+
+
+# --- inventory (for metrics) ---------------------------------------------------------------------
+
+
+def test_the_sweeping_replica_counts_instances_per_status_and_the_stalled(rig: Rig) -> None:
+    began = ago(400)
+    rig.set(instance(created=began.replace(tzinfo=None), origin=WORKER))
+    rig.gateway.histories[ID] = [started(began), scheduled(began, 1)]
+    rig.set(instance("COMPLETED", instance_id="other-1", origin=WORKER))
+    watcher = rig.watcher(stall_seconds=300, recheck_seconds=0)
+    assert watcher.inventory() is None  # not sweeping (yet): another replica may be
+    watcher.sweep()  # the first sweep ever: takes stock (a stall nobody was told of: none)
+    assert watcher.inventory() == ({"RUNNING": 1, "COMPLETED": 1}, 0)
+    watcher.sweep()
+    assert rig.events() == ["stalled"]
+    assert watcher.inventory() == ({"RUNNING": 1, "COMPLETED": 1}, 1)
+    rig.purge()
+    watcher.sweep()
+    assert watcher.inventory() == ({"COMPLETED": 1}, 0)

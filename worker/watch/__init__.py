@@ -50,6 +50,10 @@ class Watch:
             "" if hooked else "; sweep only",
         )
 
+    def inventory(self) -> tuple[dict[str, int], int] | None:
+        """Instances per status and stalled, while this replica sweeps (for metrics)."""
+        return self.watcher.inventory() if self.watcher is not None else None
+
     def stop(self) -> None:
         if self._thread is not None:
             self._thread.join(timeout=10)

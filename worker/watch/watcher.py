@@ -107,6 +107,7 @@ class Watcher:
         self._behind: dict[str, int] = {}  # hints whose history was not stored yet, by tries
         self._histories: dict[str, list[Any]] = {}  # read during the current check
         self._quiet: dict[str, datetime | None] = {}  # waiting on an event/timer, not a step
+        self._stalled: set[str] = set()  # reported stalled, as this replica last saw them
         self.sweeps = 0
         self.last_sweep_seconds = 0.0
 
@@ -126,6 +127,18 @@ class Watcher:
         """Something happened to ``instance_id`` (events were raised at ``raised``): check
         it soon."""
         self._hints.add(instance_id, raised)
+
+    def inventory(self) -> tuple[dict[str, int], int] | None:
+        """Instances per runtime status and how many of them are stalled, as this replica
+        last saw them; None unless it sweeps (only the sweeping replica knows them all)."""
+        with self._known_lock:
+            if self._known is None:
+                return None
+            statuses: dict[str, int] = {}
+            for status in self._known.values():
+                statuses[status] = statuses.get(status, 0) + 1
+            stalled = sum(1 for instance_id in self._stalled if instance_id in self._known)
+        return statuses, stalled
 
     def run(self, stopping: threading.Event) -> None:
         """Check hinted instances and sweep, until ``stopping`` is set."""
@@ -323,6 +336,11 @@ class Watcher:
                 events += self._stall(instance_id, state, seen)
                 if not report:  # a stall nobody was told of must not be "cleared" later
                     seen.stalled = stalled_before
+            with self._known_lock:
+                if seen.stalled is None:
+                    self._stalled.discard(instance_id)
+                else:
+                    self._stalled.add(instance_id)
             if report and events:
                 log.debug("watch: %s: %s", instance_id, [o.event.event.value for o in events])
                 self._publisher.publish_all(events)
@@ -357,6 +375,8 @@ class Watcher:
         # must still find the worker's note.
         self._checked_at.pop(instance_id, None)
         self._quiet.pop(instance_id, None)
+        with self._known_lock:
+            self._stalled.discard(instance_id)
 
     def _new_run(
         self, instance_id: str, state: InstanceState, run: str
