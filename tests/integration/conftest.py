@@ -28,7 +28,17 @@ from dapr.ext.workflow import DaprWorkflowClient
 from scripts import devstack
 from tests.status_contract import order_violations, schema_errors
 
-TOPIC_PREFIXES = ("purge.", "kill.", "rep.", "term.", "pair.", "watch.", "console.")  # private
+# Topic prefixes of the private workers (one test's own worker each).
+TOPIC_PREFIXES = (
+    "purge.",
+    "kill.",
+    "rep.",
+    "term.",
+    "pair.",
+    "watch.",
+    "console.",
+    "metrics.",
+)
 STATUS_TOPICS = ("workflow.status", *(f"{p}workflow.status" for p in TOPIC_PREFIXES))
 _GRANT = "workflow-client=workflow.start,workflow.approval,workflow.control"
 _SUBSCRIBE_GRANT = "workflow-client=workflow.status,workflow.deadletter"
