@@ -4,7 +4,8 @@ Every call has a deadline, and every failure leaves as `Rejected` or `Transient`
 (see `worker.outcomes`). Most calls go through `DaprWorkflowClient`. A few go to the same
 sidecar API through the SDK's generated stub, because the 1.18 client cannot express them:
 suspend/resume with a reason, raise/terminate with a falsy payload (the client drops
-``false``, ``0``, ``{}``), and listing instance ids.
+``false``, ``0``, ``{}``), listing instance ids, and a start that carries the trace context.
+Each call is a CLIENT span of the current trace (`worker.traces`).
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from dapr.ext.workflow import DaprWorkflowClient
 from dapr.ext.workflow._durabletask.internal import orchestrator_service_pb2 as pb
 from dapr.ext.workflow._durabletask.internal import orchestrator_service_pb2_grpc as stubs
 from dapr.ext.workflow._durabletask.internal.history_events_pb2 import HistoryEvent
-from dapr.ext.workflow.logger import LoggerOptions
-from google.protobuf import wrappers_pb2
+from dapr.ext.workflow._durabletask.internal.orchestration_pb2 import TraceContext
+from dapr.ext.workflow._durabletask.internal.shared import to_json
+from google.protobuf import timestamp_pb2, wrappers_pb2
 
+from worker import traces
 from worker.instruments import NO_INSTRUMENTS, Instruments, call_result
+from worker.logcontext import sdk_logger_options
 from worker.origin import Origin, unwrap
 from worker.outcomes import Missing, Transient, raise_classified
 
@@ -75,6 +79,18 @@ def _payload(value: Any) -> wrappers_pb2.StringValue | None:
     return None if value is None else wrappers_pb2.StringValue(value=json.dumps(value))
 
 
+def _trace_context() -> TraceContext | None:
+    """The current W3C trace context as the workflow engine takes it; None outside a trace."""
+    headers = traces.carrier()
+    if "traceparent" not in headers:
+        return None
+    state = headers.get("tracestate")
+    return TraceContext(
+        traceParent=headers["traceparent"],
+        traceState=wrappers_pb2.StringValue(value=state) if state else None,
+    )
+
+
 class WorkflowGateway:
     """Workflow-management calls with deadlines and classified errors."""
 
@@ -91,11 +107,10 @@ class WorkflowGateway:
         self._instruments = instruments
         # The SDK applies this deadline to every unary call of its clients.
         setattr(dapr_settings, "DAPR_API_TIMEOUT_SECONDS", timeout_seconds)  # noqa: B010
-        self._client = DaprWorkflowClient(
-            logger_options=LoggerOptions(log_level=sdk_log_level.upper())
-        )
+        self._client = DaprWorkflowClient(logger_options=sdk_logger_options(sdk_log_level))
         target = address or f"{dapr_settings.DAPR_RUNTIME_HOST}:{dapr_settings.DAPR_GRPC_PORT}"
-        self._channel = grpc.insecure_channel(target)
+        # Each call carries the current traceparent, so the sidecar's spans join the trace.
+        self._channel = grpc.intercept_channel(grpc.insecure_channel(target), traces.Propagation())
         self._stub = stubs.TaskHubSidecarServiceStub(self._channel)
         self._metadata: tuple[tuple[str, str], ...] = (
             (("dapr-api-token", dapr_settings.DAPR_API_TOKEN),)
@@ -112,6 +127,16 @@ class WorkflowGateway:
     ) -> T:
         """``fn()``, its errors classified; a rejection names ``instance_id``. ``operation``
         is the call's short name (start, get, raise, ...), a bounded label for telemetry."""
+        fn = traces.traced(
+            f"workflow {operation}",
+            fn,
+            {
+                "rpc.system": "grpc",
+                "rpc.service": "TaskHubSidecarService",
+                "workflow.operation": operation,
+                traces.INSTANCE_ID: instance_id,
+            },
+        )
         began = time.perf_counter()
         failure: BaseException | None = None
         try:
@@ -157,14 +182,26 @@ class WorkflowGateway:
         )
 
     def start(self, workflow: str, instance_id: str, data: Any, start_at: datetime | None) -> None:
-        self._call(
-            "start",
-            f"start {workflow} as {instance_id}",
-            lambda: self._client.schedule_new_workflow(
-                workflow, input=data, instance_id=instance_id, start_at=start_at
-            ),
-            instance_id,
-        )
+        """What the SDK's ``schedule_new_workflow`` does (its JSON for ``data``, an empty
+        version), through the stub: the request also carries the current trace context
+        (``parentTraceContext``), so the workflow engine's spans join the trace."""
+
+        def call() -> None:
+            scheduled = None
+            if start_at is not None:
+                scheduled = timestamp_pb2.Timestamp()
+                scheduled.FromDatetime(start_at)
+            request = pb.CreateInstanceRequest(
+                name=workflow,
+                instanceId=instance_id,
+                input=None if data is None else wrappers_pb2.StringValue(value=to_json(data)),
+                scheduledStartTimestamp=scheduled,
+                version=wrappers_pb2.StringValue(value=""),
+                parentTraceContext=_trace_context(),
+            )
+            self._stub.StartInstance(request, timeout=self._timeout, metadata=self._metadata)
+
+        self._call("start", f"start {workflow} as {instance_id}", call, instance_id)
 
     def raise_event(self, instance_id: str, event_name: str, data: Any) -> None:
         request = pb.RaiseEventRequest(

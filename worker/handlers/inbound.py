@@ -28,6 +28,9 @@ class Inbound:
     data: bytes
     first_seen: float | None = None  # epoch seconds; set when it comes from the parking lot
     event_type: str = ""  # the CloudEvent's type, kept for a dead letter
+    # W3C trace context the CloudEvent carried (its traceparent/tracestate extensions)
+    traceparent: str = ""
+    tracestate: str = ""
 
     def describe(self) -> str:
         return f"message {self.message_id} from {self.source or '?'} on {self.topic}"

@@ -17,6 +17,7 @@ from typing import Protocol
 from cloudevents.sdk.event import v1
 from dapr.clients.grpc._response import TopicEventResponse
 
+from worker import logcontext, traces
 from worker.events import EventType, StatusEvent, now, stable_event_id
 from worker.handlers.inbound import Inbound
 from worker.idempotency import Begin, Claim, IdempotencyStore, message_key
@@ -138,6 +139,7 @@ class Pipeline:
         began = time.perf_counter()
         if self._ready is not None and not self._ready.wait(_READY_WAIT_SECONDS):
             return self._not_now(topic, RetryReason.STARTING, began)  # the sidecar redelivers
+        traceparent, tracestate = _trace_context(event)
         message = Inbound(
             topic=topic,
             message_id=str(event.EventID() or ""),
@@ -145,6 +147,8 @@ class Pipeline:
             content_type=str(event.ContentType() or ""),
             data=_as_bytes(event.Data()),
             event_type=_text(event.EventType()),
+            traceparent=traceparent,
+            tracestate=tracestate,
         )
         return self.handle(handler, message)
 
@@ -154,8 +158,16 @@ class Pipeline:
         began = time.perf_counter()
         self._instruments.in_flight(message.topic, 1)
         try:
-            with self.in_flight:
+            with (
+                traces.processing(
+                    message.topic, message.message_id, message.traceparent, message.tracestate
+                ) as span,
+                logcontext.about(topic=message.topic, message_id=message.message_id),
+                self.in_flight,
+            ):
                 verdict = self._run(handler, message)
+                if span.is_recording():
+                    span.set_attribute("worker.outcome", verdict.outcome)
         finally:
             self._instruments.in_flight(message.topic, -1)
         if verdict.outcome != _WAITING:
@@ -235,6 +247,9 @@ class Pipeline:
             reason = f"gave up after {self._max_attempts} attempts; last error: {error}"
             events, status, code = [rejection(message, reason)], "drop", RejectCode.GAVE_UP
 
+        instance_id = next((o.event.instance_id for o in events if o.event.instance_id), None)
+        traces.tag_instance(instance_id)
+        logcontext.note(instance_id=instance_id)
         try:
             # Publish, then record: a done record then means "its events are out" (a
             # workflow's completion report waits for its `started`). If publishing fails, the
@@ -321,6 +336,19 @@ class Pipeline:
             )
             if status == "drop":
                 log.warning("rejected %s: %s", message.describe(), e.reason)
+
+
+def _trace_context(event: v1.Event) -> tuple[str, str]:
+    """The W3C trace context the CloudEvent carries: its ``traceparent``/``tracestate``
+    extensions (the publisher's, which the sidecar keeps in the envelope), else the
+    delivering sidecar's own from the call's gRPC metadata."""
+    extensions = event.Extensions() or {}
+    for prefix in ("", "_metadata_"):
+        parent = extensions.get(f"{prefix}traceparent")
+        if isinstance(parent, str) and parent:
+            state = extensions.get(f"{prefix}tracestate")
+            return parent, state if isinstance(state, str) else ""
+    return "", ""
 
 
 def _text(value: object) -> str:
