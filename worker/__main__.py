@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from worker.config import Settings, load_settings
 from worker.instruments import NO_INSTRUMENTS, Instruments
 from worker.service import Addon, WorkerService
+from worker.telemetry import logs, tracing
 
 log = logging.getLogger("worker")
 
@@ -22,13 +23,15 @@ _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 def main(argv: Sequence[str] | None = None) -> int:
     settings = load_settings(sys.argv[1:] if argv is None else argv)
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>`: every thread's stack, to stderr
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    log.addHandler(handler)  # the worker's loggers; the SDK's have handlers of their own
-    log.setLevel(settings.log_level.upper())
-    log.propagate = False
-    addons = addons_for(settings)
-    serve(WorkerService(settings, addons=addons, instruments=instruments_of(addons)))
+    logs.configure(settings.log_format, settings.log_level)
+    # Before the tracer's export thread starts: every thread inherits the blocked stop signals.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    provider = tracing.configure(settings.app_id, os.environ)  # None unless OTEL_* asks
+    try:
+        addons = addons_for(settings)
+        serve(WorkerService(settings, addons=addons, instruments=instruments_of(addons)))
+    finally:
+        tracing.shutdown(provider)  # the last spans out
     return 0
 
 

@@ -211,6 +211,12 @@ class Settings(BaseSettings):
         description="Metrics port (OpenTelemetry's Prometheus default; 0: any free port, logged).",
     )
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="text: one line for a terminal; json: one JSON object per line (time, "
+        "level, logger, message, and instance_id, message_id, topic, trace_id where they "
+        "apply), for a log collector (worker.telemetry.logs).",
+    )
     sdk_log_level: str = Field(
         default="WARNING", description="Log level of the Dapr SDK's workflow client and runtime."
     )

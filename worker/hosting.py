@@ -27,9 +27,10 @@ from dapr.ext.workflow import (
     WorkflowActivityContext,
     WorkflowRuntime,
 )
-from dapr.ext.workflow.logger import LoggerOptions
 
+from worker import logcontext, traces
 from worker.events import EventType, FailureInfo, StatusEvent, now, stable_event_id
+from worker.logcontext import sdk_logger_options
 from worker.origin import Origin, unwrap
 from worker.publisher import Outbound, StatusPublisher
 
@@ -71,9 +72,11 @@ def _report(
     workflow: str,
     run: str,
     after: Origin | None = None,
+    trace: dict[str, str] | None = None,
     **fields: Any,
 ) -> Any:
-    """Schedule the report activity. ``after``: the start message whose `started` goes first."""
+    """Schedule the report activity. ``after``: the start message whose `started` goes first;
+    ``trace``: the W3C trace context the report's publish joins."""
     event = StatusEvent(
         instance_id=ctx.instance_id,
         workflow=workflow,
@@ -84,6 +87,8 @@ def _report(
     record = Outbound(event_id, event).to_record()
     if after is not None:
         record["after"] = {"source": after.source, "message_id": after.message_id}
+    if trace:
+        record["trace"] = dict(trace)  # the start message's trace: the report joins it
     return ctx.call_activity(REPORT_ACTIVITY, input=record, retry_policy=_REPORT_RETRY)
 
 
@@ -106,6 +111,7 @@ def reporting(fn: Callable[..., Any], name: str) -> Callable[..., Generator[Any,
                     status="RUNNING",
                     created_at=started,
                     correlation_id=origin.message_id,
+                    trace=origin.trace,
                 )
             except Exception:
                 log.exception("could not report start of %s", ctx.instance_id)
@@ -117,6 +123,7 @@ def reporting(fn: Callable[..., Any], name: str) -> Callable[..., Generator[Any,
                 name,
                 run,
                 after=origin,
+                trace=origin.trace if origin is not None else None,
                 event=event,
                 status=event.name,
                 previous_status="RUNNING",
@@ -187,18 +194,31 @@ def report_activity(
         outbound = Outbound(
             outbound.event_id, outbound.event.model_copy(update={"occurred_at": now()})
         )
-        after: dict[str, str] | None = record.get("after")
-        if after is not None and start_handled is not None:
-            # The start message may still be in its handler, its `started` about to go out:
-            # wait a little, then let the engine retry the report (durably) if need be.
-            deadline = time.monotonic() + _START_WAIT_SECONDS
-            while start_handled(after["source"], after["message_id"]) is False:
-                if time.monotonic() > deadline:
-                    raise StartNotReportedYet(f"`started` of {after['message_id']} not out yet")
-                time.sleep(0.02)
-        publisher.publish(outbound)
+        with (
+            traces.resumed(record.get("trace")),
+            logcontext.about(instance_id=outbound.event.instance_id),
+        ):
+            _publish_when_started(publisher, outbound, record, start_handled)
 
     return report_status
+
+
+def _publish_when_started(
+    publisher: StatusPublisher,
+    outbound: Outbound,
+    record: dict[str, Any],
+    start_handled: Callable[[str, str], bool | None] | None,
+) -> None:
+    after: dict[str, str] | None = record.get("after")
+    if after is not None and start_handled is not None:
+        # The start message may still be in its handler, its `started` about to go out:
+        # wait a little, then let the engine retry the report (durably) if need be.
+        deadline = time.monotonic() + _START_WAIT_SECONDS
+        while start_handled(after["source"], after["message_id"]) is False:
+            if time.monotonic() > deadline:
+                raise StartNotReportedYet(f"`started` of {after['message_id']} not out yet")
+            time.sleep(0.02)
+    publisher.publish(outbound)
 
 
 def build_runtime(
@@ -215,7 +235,7 @@ def build_runtime(
     """
     from worker import workflows
 
-    runtime = WorkflowRuntime(logger_options=LoggerOptions(log_level=sdk_log_level.upper()))
+    runtime = WorkflowRuntime(logger_options=sdk_logger_options(sdk_log_level))
 
     runtime.register_activity(report_activity(publisher, start_handled), name=REPORT_ACTIVITY)
     registry = WorkflowRegistry(runtime)

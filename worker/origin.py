@@ -9,7 +9,7 @@ when the engine re-executes it after a crash.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 ENVELOPE_KEY = "__dapr_workflow_worker__"
@@ -24,6 +24,10 @@ class Origin:
     # The id the message started: a rerun (`dapr workflow rerun`) copies the input, envelope
     # and all, into an instance of another id, which the worker did not start.
     instance_id: str | None = None
+    # The W3C trace context of the message's handling (``traceparent``, ``tracestate``): the
+    # status events the workflow reports later (`completed`, ...) join the message's trace,
+    # also after a restart of the worker. Empty: none (and in envelopes written before it).
+    trace: dict[str, str] = field(default_factory=dict, compare=False)
 
     def wrap(self, data: Any) -> dict[str, Any]:
         meta: dict[str, Any] = {
@@ -34,6 +38,8 @@ class Origin:
         }
         if self.instance_id is not None:
             meta["instance_id"] = self.instance_id
+        if self.trace:
+            meta["trace"] = dict(self.trace)
         return {ENVELOPE_KEY: meta, "input": data}
 
     def started(self, instance_id: str) -> bool:
@@ -61,6 +67,15 @@ def unwrap(data: Any) -> tuple[Origin | None, Any]:
             int(meta.get("generation", 0)),
             bool(meta.get("report_start", False)),
             str(meta["instance_id"]) if meta.get("instance_id") is not None else None,
+            _trace(meta.get("trace")),
         )
         return origin, data.get("input")
     return None, data
+
+
+def _trace(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        return {}
+    return {
+        k: v for k, v in value.items() if k in ("traceparent", "tracestate") and isinstance(v, str)
+    }

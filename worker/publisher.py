@@ -13,6 +13,7 @@ from cloudevents.conversion import to_json
 from cloudevents.http import CloudEvent
 from pydantic import BaseModel
 
+from worker import traces
 from worker.config import Settings
 from worker.events import EventType, StatusEvent, TimelineEntry
 from worker.handlers.inbound import Inbound
@@ -182,19 +183,24 @@ class StatusPublisher:
             self._tell(outbound)
             return
         subject = event.instance_id or ""
-        try:
-            self._client.publish_event(
-                pubsub_name=self._settings.pubsub_name,
-                topic_name=self._settings.status_topic,
-                data=self.cloudevent(outbound),
-                data_content_type="application/cloudevents+json",
-                # Broker metadata, for brokers that partition (Kafka, Event Hubs); consumers
-                # read the same key from the CloudEvent's `partitionkey` extension.
-                publish_metadata={"partitionKey": subject} if subject else {},
-            )
-        except grpc.RpcError as error:
-            self._instruments.status_event(event.event.value, "failed")
-            raise Transient(f"publish {event.event} for {subject}: {error}") from error
+        topic = self._settings.status_topic
+        # Inside a trace, a PRODUCER span; the event carries its context (see cloudevent).
+        with traces.publishing(
+            topic, outbound.event_id, event.cloudevent_type(), event.instance_id
+        ):
+            try:
+                self._client.publish_event(
+                    pubsub_name=self._settings.pubsub_name,
+                    topic_name=topic,
+                    data=self.cloudevent(outbound),
+                    data_content_type="application/cloudevents+json",
+                    # Broker metadata, for brokers that partition (Kafka, Event Hubs); consumers
+                    # read the same key from the CloudEvent's `partitionkey` extension.
+                    publish_metadata={"partitionKey": subject} if subject else {},
+                )
+            except grpc.RpcError as error:
+                self._instruments.status_event(event.event.value, "failed")
+                raise Transient(f"publish {event.event} for {subject}: {error}") from error
         self._instruments.status_event(event.event.value, "published")
         if self._settings.echo_status:
             echo.info(compact(event))
@@ -236,7 +242,9 @@ class StatusPublisher:
 
     def cloudevent(self, outbound: Outbound) -> bytes:
         """The whole CloudEvent, structured: the sidecar passes it on as it is (adding only
-        its own trace and topic fields), so consumers get every attribute below."""
+        its topic fields), so consumers get every attribute below. Inside a trace it carries
+        the current W3C trace context (extensions ``traceparent``, ``tracestate``, and Dapr's
+        ``traceid``, with which the sidecar keeps the event's context rather than its own)."""
         event = outbound.event
         attributes = {
             "id": outbound.event_id,
@@ -248,6 +256,11 @@ class StatusPublisher:
         if event.instance_id:
             attributes["subject"] = event.instance_id
             attributes["partitionkey"] = event.instance_id  # CloudEvents partitioning extension
+        headers = traces.carrier()
+        if "traceparent" in headers:
+            attributes["traceparent"] = attributes["traceid"] = headers["traceparent"]
+            if headers.get("tracestate"):
+                attributes["tracestate"] = headers["tracestate"]
         limit = self._settings.max_status_payload_bytes - _ENVELOPE_BYTES
         return bytes(to_json(CloudEvent(attributes, _shrink(event, limit))))
 

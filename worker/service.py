@@ -26,6 +26,7 @@ from dapr.conf import settings as dapr_settings
 from dapr.ext.grpc import App
 from dapr.ext.workflow import WorkflowRuntime
 
+from worker import traces
 from worker.app import Subscriber, build_app
 from worker.config import Settings
 from worker.expectations import Expectations
@@ -136,7 +137,9 @@ class WorkerService:
         self._gateway = WorkflowGateway(
             s.call_timeout_seconds, sdk_log_level=s.sdk_log_level, instruments=measure
         )
-        self._dapr = DaprClient()  # waits (bounded) for the sidecar to be up
+        # Waits (bounded) for the sidecar to be up. Inside a message's trace, each state and
+        # publish call is a CLIENT span whose traceparent the sidecar's own spans continue.
+        self._dapr = DaprClient(interceptors=[traces.Propagation(spans=True)])
         # State and publish calls timed too, when something measures (no wrapper otherwise).
         client = self._dapr if measure is NO_INSTRUMENTS else MeasuredClient(self._dapr, measure)
         publisher = StatusPublisher(client, s, measure)

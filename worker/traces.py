@@ -120,22 +120,12 @@ def tag_instance(instance_id: str | None, span: Span | None = None) -> None:
             target.set_attribute(INSTANCE_ID, instance_id)
 
 
-@contextmanager
-def client_call(name: str, attributes: Mapping[str, str] | None = None) -> Iterator[None]:
-    """A CLIENT span for one call to the sidecar, inside a trace only."""
-    if not trace.get_current_span().is_recording():
-        yield
-        return
-    with tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attributes):
-        yield
-
-
 def traced(name: str, fn: Callable[[], T], attributes: Mapping[str, str | None]) -> Callable[[], T]:
     """``fn`` run in a CLIENT span ``name`` (inside a trace only); ``attributes`` that are
     None are left out."""
 
     def run() -> T:
-        if not trace.get_current_span().is_recording():
+        if not in_trace():
             return fn()
         given = {k: v for k, v in attributes.items() if v is not None}
         with tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=given):
@@ -149,7 +139,7 @@ def publishing(
     topic: str, event_id: str, event_type: str, instance_id: str | None
 ) -> Iterator[None]:
     """The PRODUCER span of one published status event, inside a trace only."""
-    if not trace.get_current_span().is_recording():
+    if not in_trace():
         yield
         return
     attributes = {
@@ -220,7 +210,7 @@ class Propagation(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
         current = trace.get_current_span()
         if not current.get_span_context().is_valid:
             return continuation(client_call_details, request)
-        if not (self._spans and current.is_recording()):
+        if not self._spans:
             return continuation(_with_trace(client_call_details, carrier()), request)
         method = _method_name(client_call_details.method)
         service, _, name = method.rpartition("/")

@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 
+from worker import traces
 from worker.events import EventType, as_utc, now
 from worker.gateway import InstanceState, WorkflowGateway
 from worker.handlers.inbound import Inbound, parse
@@ -67,6 +68,7 @@ class StartHandler:
             message.message_id,
             report_start=self._delayed(request),
             instance_id=instance_id,
+            trace=traces.carrier(),  # the message's trace, for what the workflow reports later
         )
         at = now()  # before the start: everything the instance does comes after it
         try:
