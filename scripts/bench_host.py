@@ -17,7 +17,7 @@ from typing import Any
 
 from cloudevents.sdk.event import v1
 
-from worker.__main__ import addons_for, serve
+from worker.__main__ import addons_for, instruments_of, serve
 from worker.config import load_settings
 from worker.service import WorkerService
 
@@ -50,13 +50,15 @@ def main() -> None:
     def on_noop(event: v1.Event) -> None:
         note({"kind": "noop", "id": str(event.EventID())})
 
+    addons = addons_for(settings)  # as `python -m worker` runs it (the watch included)
     service = WorkerService(
         settings,
         {
             (settings.pubsub_name, settings.status_topic): on_status,
             (settings.pubsub_name, NOOP_TOPIC): on_noop,
         },
-        addons=addons_for(settings),  # as `python -m worker` runs it (the watch included)
+        addons=addons,
+        instruments=instruments_of(addons),  # metrics, when WORKER_METRICS_ENABLED
     )
     try:
         serve(service, on_ready=lambda: print("worker ready", flush=True))

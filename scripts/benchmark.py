@@ -40,6 +40,8 @@ from scripts import devstack
 
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "16"))  # = WORKER_MAX_CONCURRENCY
 APP_ID = "workflow-worker"
+# Settings for the worker under test beyond the defaults (--metrics adds its own).
+WORKER_ENV: dict[str, str] = {}
 
 
 def _order(instance_id: str) -> dict[str, Any]:
@@ -115,7 +117,12 @@ class Host:
             "PYTHONPATH": str(devstack.PROJECT),
             "PYTHONUNBUFFERED": "1",
             "WORKER_LOG_LEVEL": "WARNING",
+            **WORKER_ENV,
         }
+        self.metrics_port = 0
+        if env.get("WORKER_METRICS_ENABLED") == "true":
+            self.metrics_port = devstack.free_port()
+            env["WORKER_METRICS_PORT"] = str(self.metrics_port)
         self.proc = stack._spawn(  # the same spawning as every other process of the stack
             "bench-host",
             [sys.executable, str(devstack.PROJECT / "scripts" / "bench_host.py")],
@@ -139,6 +146,20 @@ class Host:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
         return 0.0
+
+    def messages_counted(self) -> float | None:
+        """What the worker's metrics counted as handled (None: metrics off): a check that
+        they were on and saw the load."""
+        if not self.metrics_port:
+            return None
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("workflow_worker_messages_total{")
+        )
 
     def publish(self, topic: str, data: Any, message_id: str) -> float:
         """Publish a CloudEvent through the worker's sidecar; returns the send time."""
@@ -358,6 +379,7 @@ def one_run(profile: str, n: int, workdir: Path) -> dict[str, Any]:
             "flow": flow,
             "pubsub": pubsub,
             "peak_rss_mb": host.peak_rss_mb(),
+            "metrics_messages_counted": host.messages_counted(),
             "ratio": worker["throughput"] / direct["throughput"],
             "added_p99_ms": worker["p99_ms"] - direct["p99_ms"],
         }
@@ -480,6 +502,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="N=20, 1 run, both profiles")
     parser.add_argument("--out", type=Path, default=devstack.PROJECT / "docs" / "benchmark")
     parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="run the worker with its Prometheus endpoint on (scraped once after each run)",
+    )
+    parser.add_argument(
         "--paced",
         nargs=2,
         type=float,
@@ -489,6 +516,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.smoke:
         args.n, args.runs = [20], 1
+    if args.metrics:
+        WORKER_ENV["WORKER_METRICS_ENABLED"] = "true"
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python scripts/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
     machine = machine_description()
