@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -33,6 +34,39 @@ def dapr_bin(name: str) -> Path:
     """Where the Dapr CLI looks for its binaries."""
     base = Path(os.environ.get("DAPR_RUNTIME_PATH") or Path.home())
     return base / ".dapr" / "bin" / name
+
+
+def _pinned(name: str) -> str:
+    """A version pinned in scripts/versions.env (``NAME="value"``)."""
+    text = (PROJECT / "scripts" / "versions.env").read_text()
+    found = re.search(rf'^{name}="([^"]+)"', text, re.MULTILINE)
+    if found is None:
+        raise RuntimeError(f"{name} is not in scripts/versions.env")
+    return found.group(1)
+
+
+def zipkin_jar() -> Path:
+    """Where scripts/setup.sh puts Zipkin's server (``ZIPKIN_JAR`` overrides)."""
+    if os.environ.get("ZIPKIN_JAR"):
+        return Path(os.environ["ZIPKIN_JAR"])
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    version = _pinned("ZIPKIN_VERSION")
+    return cache / "dapr-workflow-worker" / "zipkin" / f"zipkin-server-{version}-exec.jar"
+
+
+def traced_config(dest: Path, zipkin_port: int) -> Path:
+    """A copy of the sidecars' Configuration (components/config.yaml, name resolution and
+    all) that also samples every trace and exports daprd's spans to Zipkin on
+    ``zipkin_port``."""
+    text = CONFIG.read_text().replace("name: workflow-worker\n", "name: workflow-worker-traced\n")
+    text += (
+        "  tracing:\n"
+        '    samplingRate: "1"\n'
+        "    zipkin:\n"
+        f'      endpointAddress: "http://127.0.0.1:{zipkin_port}/api/v2/spans"\n'
+    )
+    dest.write_text(text)
+    return dest
 
 
 def free_port() -> int:
@@ -278,6 +312,31 @@ class Stack:
             ports={"redis": self.redis_port},
         )
         return self._ready(proc, lambda: port_open(self.redis_port), timeout)
+
+    def start_zipkin(self, port: int | None = None, timeout: float = 90) -> Proc:
+        """Zipkin's server (in-memory storage) on 127.0.0.1:``port``: collector at
+        /api/v2/spans, query API at /api/v2/trace/<id>."""
+        jar = zipkin_jar()
+        java = shutil.which("java")
+        if java is None or not jar.exists():
+            raise RuntimeError(f"Zipkin's server ({jar}) or java is missing: run scripts/setup.sh")
+        port = port or free_port()
+        proc = self._spawn(
+            "zipkin",
+            [
+                java,
+                "-Xms64m",
+                "-Xmx256m",
+                "-XX:TieredStopAtLevel=1",  # starts faster; plenty for a test's traces
+                "-jar",
+                str(jar),
+                f"--armeria.ports[0].port={port}",
+                "--armeria.ports[0].ip=127.0.0.1",
+                "--armeria.ports[0].protocols=http",
+            ],
+            ports={"http": port},
+        )
+        return self._ready(proc, lambda: http_ok(f"http://127.0.0.1:{port}/health"), timeout, 0.5)
 
     def components(self, profile: str, extra: Mapping[str, str] | None = None) -> Path:
         """A copy of ``components/<profile>`` for this stack (Redis port filled in)."""

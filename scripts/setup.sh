@@ -4,6 +4,8 @@
 #   - redis-server (Debian package) for the shared profile and its tests
 #   - node and npm (Debian packages when missing) and, with npm ci, the pinned AsyncAPI parser
 #     in tests/asyncapi that validates docs/schemas/asyncapi.json (tests/unit/test_asyncapi_parser.py)
+#   - Zipkin's server (a jar from Maven Central, through mvn; Java and Maven from Debian when
+#     missing), the trace test's backend
 #   - the Dapr runtime and CLI (scripts/install-dapr.sh; skipped when in place)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -65,6 +67,35 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null
   else
     say "WARNING: chromium/chromedriver are missing; install them (apt-get install chromium chromium-driver) for the browser tests"
+  fi
+fi
+
+# Zipkin's server: the trace backend the trace test starts (tests/integration/test_traces.py),
+# an executable jar from Maven Central (pinned and checked in scripts/versions.env), run by
+# Java 17+. Skipped when the right jar is in place.
+# shellcheck source=versions.env
+source scripts/versions.env
+zipkin_dir="${XDG_CACHE_HOME:-$HOME/.cache}/dapr-workflow-worker/zipkin"
+zipkin_jar="$zipkin_dir/zipkin-server-$ZIPKIN_VERSION-exec.jar"
+if ! { [ -s "$zipkin_jar" ] && echo "$ZIPKIN_SHA256  $zipkin_jar" | sha256sum -c --status; }; then
+  if ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      say "installing Java and Maven (Debian packages) for Zipkin's server"
+      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless maven) >/dev/null
+    else
+      say "WARNING: java/mvn are missing; install them (apt-get install default-jre-headless maven) for the trace test"
+    fi
+  fi
+  if command -v mvn >/dev/null 2>&1; then
+    say "installing Zipkin server $ZIPKIN_VERSION (io.zipkin:zipkin-server exec jar, through mvn)"
+    mkdir -p "$zipkin_dir"
+    mvn -q -B dependency:copy -Dartifact="io.zipkin:zipkin-server:$ZIPKIN_VERSION:jar:exec" \
+      -DoutputDirectory="$zipkin_dir" >/dev/null
+    if ! echo "$ZIPKIN_SHA256  $zipkin_jar" | sha256sum -c --status; then
+      rm -f "$zipkin_jar"
+      echo "[setup] ERROR: $zipkin_jar does not have the SHA-256 in scripts/versions.env" >&2
+      exit 1
+    fi
   fi
 fi
 

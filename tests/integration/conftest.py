@@ -38,6 +38,8 @@ TOPIC_PREFIXES = (
     "watch.",
     "console.",
     "metrics.",
+    "trace.",
+    "jsonlog.",
 )
 STATUS_TOPICS = ("workflow.status", *(f"{p}workflow.status" for p in TOPIC_PREFIXES))
 _GRANT = "workflow-client=workflow.start,workflow.approval,workflow.control"
@@ -310,7 +312,9 @@ def start_worker(
     name: str | None = None,
     app_health_probe_seconds: int | None = None,
     trust_ready_line: bool = False,
+    config: Path = devstack.CONFIG,
 ) -> Worker:
+    """``config``: the sidecar's Configuration (default: the project's)."""
     app_port = devstack.free_port()
     workdir = stack.workdir / (name or app_id)
     workdir.mkdir(exist_ok=True)
@@ -321,6 +325,7 @@ def start_worker(
         cwd=workdir,
         name=f"daprd-{name or app_id}",
         app_health_probe_seconds=app_health_probe_seconds,
+        config=config,
     )
     worker_env = {
         "WORKER_APP_ID": app_id,
@@ -346,12 +351,16 @@ def start_worker(
 
 @contextlib.contextmanager
 def private_worker(
-    stack: devstack.Stack, name: str, env: dict[str, str] | None = None
+    stack: devstack.Stack,
+    name: str,
+    env: dict[str, str] | None = None,
+    config: Path = devstack.CONFIG,
 ) -> Iterator[Worker]:
     """A worker of its own for one test: app-id ``<name>-worker``, topics ``<name>.workflow.*``
-    (the prefix must be in TOPIC_PREFIXES); stopped, with its sidecar, at the end."""
+    (the prefix must be in TOPIC_PREFIXES); stopped, with its sidecar, at the end.
+    ``config``: its sidecar's Configuration."""
     assert f"{name}." in TOPIC_PREFIXES, f"add {name}. to TOPIC_PREFIXES"
-    running = start_worker(stack, f"{name}-worker", topic_prefix=f"{name}.", env=env)
+    running = start_worker(stack, f"{name}-worker", topic_prefix=f"{name}.", env=env, config=config)
     try:
         yield running
     finally:
