@@ -43,6 +43,11 @@ class WorkerJsonFormatter(JsonFormatter):
         self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
     ) -> None:
         super().add_fields(log_data, record, message_dict)
+        rest = {k: v for k, v in log_data.items() if k not in _OWN_FIELDS}
+        own: dict[str, Any] = {k: log_data[k] for k in _OWN_ORDER if k in log_data}
+        log_data.clear()
+        log_data.update(own)  # these first, for a person reading the raw lines
+        log_data.update(rest)
         if record.name == AUDIT_LOGGER:
             try:
                 fields = json.loads(record.getMessage())
@@ -55,7 +60,8 @@ class WorkerJsonFormatter(JsonFormatter):
                         log_data[key] = value
 
 
-_OWN_FIELDS = frozenset({"time", "level", "logger", "message"})
+_OWN_ORDER = ("time", "level", "logger", "message")
+_OWN_FIELDS = frozenset(_OWN_ORDER)
 
 
 class _Forward(logging.Handler):

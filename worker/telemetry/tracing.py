@@ -72,10 +72,27 @@ def _exporter(name: str) -> SpanExporter:
 def configure(app_id: str, env: Mapping[str, str]) -> TracerProvider | None:
     """Install OpenTelemetry's SDK as the global tracer provider when ``env`` configures
     tracing; None (nothing installed, the API stays a no-op) when it does not."""
+    provider = build(app_id, env)
+    if provider is None:
+        return None
+    from opentelemetry import trace
+    from opentelemetry.sdk.resources import SERVICE_NAME
+
+    trace.set_tracer_provider(provider)
+    log.info(
+        "tracing on: exporting to %s as service %s",
+        ", ".join(exporter_names(env)),
+        provider.resource.attributes.get(SERVICE_NAME),
+    )
+    return provider
+
+
+def build(app_id: str, env: Mapping[str, str]) -> TracerProvider | None:
+    """The tracer provider ``env`` asks for (exporters, each behind a batch span processor),
+    not installed; None when tracing is off."""
     names = exporter_names(env)
     if not names:
         return None
-    from opentelemetry import trace
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -87,12 +104,6 @@ def configure(app_id: str, env: Mapping[str, str]) -> TracerProvider | None:
     provider = TracerProvider(resource=Resource.create(attributes))
     for name in names:
         provider.add_span_processor(BatchSpanProcessor(_exporter(name)))
-    trace.set_tracer_provider(provider)
-    log.info(
-        "tracing on: exporting to %s as service %s",
-        ", ".join(names),
-        provider.resource.attributes.get(SERVICE_NAME),
-    )
     return provider
 
 
