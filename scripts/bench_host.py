@@ -17,9 +17,10 @@ from typing import Any
 
 from cloudevents.sdk.event import v1
 
-from worker.__main__ import addons_for, instruments_of, serve
+from worker.__main__ import addons_for, instruments_of, serve, start_tracing
 from worker.config import load_settings
 from worker.service import WorkerService
+from worker.telemetry import tracing
 
 NOOP_TOPIC = "bench.noop"
 
@@ -60,9 +61,11 @@ def main() -> None:
         addons=addons,
         instruments=instruments_of(addons),  # metrics, when WORKER_METRICS_ENABLED
     )
+    provider = start_tracing(settings)  # when OTEL_* asks (benchmark.py --tracing)
     try:
         serve(service, on_ready=lambda: print("worker ready", flush=True))
     finally:
+        tracing.shutdown(provider)
         sink.close()
 
 

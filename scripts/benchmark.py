@@ -42,6 +42,8 @@ CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "16"))  # = WORKER_MAX_CON
 APP_ID = "workflow-worker"
 # Settings for the worker under test beyond the defaults (--metrics adds its own).
 WORKER_ENV: dict[str, str] = {}
+# --tracing: the worker exports every span to a Zipkin server started on each stack.
+TRACING = {"on": False}
 
 
 def _order(instance_id: str) -> dict[str, Any]:
@@ -119,6 +121,13 @@ class Host:
             "WORKER_LOG_LEVEL": "WARNING",
             **WORKER_ENV,
         }
+        self.zipkin_port = 0
+        if TRACING["on"]:  # OpenTelemetry's SDK on, configured as a user would
+            self.zipkin_port = stack.start_zipkin().ports["http"]
+            env["OTEL_TRACES_EXPORTER"] = "zipkin"
+            env["OTEL_EXPORTER_ZIPKIN_ENDPOINT"] = (
+                f"http://127.0.0.1:{self.zipkin_port}/api/v2/spans"
+            )
         self.metrics_port = 0
         if env.get("WORKER_METRICS_ENABLED") == "true":
             self.metrics_port = devstack.free_port()
@@ -146,6 +155,18 @@ class Host:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
         return 0.0
+
+    def traces_stored(self) -> int | None:
+        """How many traces of handled start messages Zipkin holds (None: tracing off): a
+        check that tracing was on and exported the load."""
+        if not self.zipkin_port:
+            return None
+        url = (
+            f"http://127.0.0.1:{self.zipkin_port}/api/v2/traces?serviceName={APP_ID}"
+            f"&spanName=process%20workflow.start&lookback=86400000&limit=100000"
+        )
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return len(json.load(response))
 
     def messages_counted(self) -> float | None:
         """What the worker's metrics counted as handled (None: metrics off): a check that
@@ -380,6 +401,7 @@ def one_run(profile: str, n: int, workdir: Path) -> dict[str, Any]:
             "pubsub": pubsub,
             "peak_rss_mb": host.peak_rss_mb(),
             "metrics_messages_counted": host.messages_counted(),
+            "traces_stored": host.traces_stored(),
             "ratio": worker["throughput"] / direct["throughput"],
             "added_p99_ms": worker["p99_ms"] - direct["p99_ms"],
         }
@@ -507,6 +529,12 @@ def main(argv: list[str] | None = None) -> int:
         help="run the worker with its Prometheus endpoint on (scraped once after each run)",
     )
     parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="run the worker with tracing on (OpenTelemetry's SDK, every span exported to a "
+        "Zipkin server started on each stack; the sidecar's own tracing stays off)",
+    )
+    parser.add_argument(
         "--paced",
         nargs=2,
         type=float,
@@ -518,6 +546,7 @@ def main(argv: list[str] | None = None) -> int:
         args.n, args.runs = [20], 1
     if args.metrics:
         WORKER_ENV["WORKER_METRICS_ENABLED"] = "true"
+    TRACING["on"] = args.tracing
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python scripts/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
     machine = machine_description()

@@ -9,11 +9,15 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from worker.config import Settings, load_settings
 from worker.instruments import NO_INSTRUMENTS, Instruments
 from worker.service import Addon, WorkerService
 from worker.telemetry import logs, tracing
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 log = logging.getLogger("worker")
 
@@ -24,15 +28,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = load_settings(sys.argv[1:] if argv is None else argv)
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>`: every thread's stack, to stderr
     logs.configure(settings.log_format, settings.log_level)
-    # Before the tracer's export thread starts: every thread inherits the blocked stop signals.
-    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-    provider = tracing.configure(settings.app_id, os.environ)  # None unless OTEL_* asks
+    provider = start_tracing(settings)
     try:
         addons = addons_for(settings)
         serve(WorkerService(settings, addons=addons, instruments=instruments_of(addons)))
     finally:
         tracing.shutdown(provider)  # the last spans out
     return 0
+
+
+def start_tracing(settings: Settings) -> TracerProvider | None:
+    """OpenTelemetry's SDK when the OTEL_* variables configure it (None: tracing off; see
+    `worker.telemetry.tracing`); shut it down with `tracing.shutdown` after the service.
+    Blocks the stop signals first, as `serve` does: the exporter's thread inherits that."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    return tracing.configure(settings.app_id, os.environ)
 
 
 def addons_for(settings: Settings) -> list[Addon]:
