@@ -31,6 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from scripts import devstack
 
 TOKEN = "bench-console-operator-token"
+# The app-id the shared profile lets publish on workflow.status (components/redis scopes it):
+# under any other id every completion report is refused and retried, and the stack bogs down.
+APP_ID = "workflow-worker"
 VIEWS = {
     "page: running approvals, page 1": "/?workflow=approval_workflow&status=RUNNING",
     "page: id contains, sorted by id": "/?q=bench-12&sort=id&order=asc",
@@ -64,14 +67,14 @@ def main(argv: list[str] | None = None) -> int:
         workdir.mkdir()
         app_port = devstack.free_port()
         sidecar = stack.start_sidecar(
-            "bench-console", stack.components("redis"), app_port=app_port, cwd=workdir
+            APP_ID, stack.components("redis"), app_port=app_port, cwd=workdir
         )
         users = [{"name": "bench", "role": "operator", "token": TOKEN}]
         stack.start_worker(
             sidecar,
             name="worker",
             env={
-                "WORKER_APP_ID": "bench-console",
+                "WORKER_APP_ID": APP_ID,
                 "WORKER_WATCH_ENABLED": "false",
                 "WORKER_CONSOLE_ENABLED": "true",
                 "WORKER_CONSOLE_PORT": str(port),
