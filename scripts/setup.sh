@@ -89,8 +89,10 @@ if ! { [ -s "$zipkin_jar" ] && echo "$ZIPKIN_SHA256  $zipkin_jar" | sha256sum -c
   if command -v mvn >/dev/null 2>&1; then
     say "installing Zipkin server $ZIPKIN_VERSION (io.zipkin:zipkin-server exec jar, through mvn)"
     mkdir -p "$zipkin_dir"
+    rm -f "$zipkin_jar"  # a damaged one: mvn would leave it in place
     mvn -q -B dependency:copy -Dartifact="io.zipkin:zipkin-server:$ZIPKIN_VERSION:jar:exec" \
-      -DoutputDirectory="$zipkin_dir" >/dev/null
+      -DoutputDirectory="$zipkin_dir" >/dev/null \
+      || { echo "[setup] ERROR: mvn could not fetch io.zipkin:zipkin-server:$ZIPKIN_VERSION (exec jar) from Maven Central" >&2; exit 1; }
     if ! echo "$ZIPKIN_SHA256  $zipkin_jar" | sha256sum -c --status; then
       rm -f "$zipkin_jar"
       echo "[setup] ERROR: $zipkin_jar does not have the SHA-256 in scripts/versions.env" >&2
