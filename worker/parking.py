@@ -58,6 +58,9 @@ class ParkingLot:
             "data": base64.b64encode(message.data).decode(),
             "first_seen": first_seen,
         }
+        if message.traceparent:  # its retries continue the message's trace
+            record["traceparent"] = message.traceparent
+            record["tracestate"] = message.tracestate
         try:
             self._client.save_state(
                 self._store, self._key(message_key), json.dumps(record), state_metadata=self._ttl
@@ -96,6 +99,8 @@ class ParkingLot:
             data=base64.b64decode(record["data"]),
             first_seen=float(record["first_seen"]),
             event_type=record.get("type", ""),
+            traceparent=str(record.get("traceparent") or ""),
+            tracestate=str(record.get("tracestate") or ""),
         )
 
     def nudge(self) -> None:

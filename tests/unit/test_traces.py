@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -28,6 +29,7 @@ from worker.handlers.report import report
 from worker.hosting import report_activity
 from worker.idempotency import Claim, IdempotencyStore
 from worker.origin import Origin, unwrap
+from worker.parking import ParkingLot
 from worker.publisher import Outbound, StatusPublisher
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
@@ -275,3 +277,15 @@ def test_a_report_publishes_in_the_start_messages_trace(spans: InMemorySpanExpor
     del record["trace"]
     activity(cast(Any, None), record)
     assert "traceparent" not in client.calls[1]["cloudevent"]
+
+
+def test_a_parked_message_keeps_its_trace_for_its_retries() -> None:
+    lot = ParkingLot(FakeStateClient(), "statestore", ttl_seconds=3600)
+    message = Inbound(
+        "workflow.control", "m", "s", "application/json", b"{}", traceparent=TRACEPARENT
+    )
+    lot.park("k", message, 1.0)
+    assert lot.load("k") == replace(message, first_seen=1.0, tracestate="")
+    lot.park("plain", replace(message, traceparent=""), 1.0)
+    loaded = lot.load("plain")
+    assert loaded is not None and loaded.traceparent == ""
