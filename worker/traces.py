@@ -66,6 +66,22 @@ def in_trace() -> bool:
     return trace.get_current_span().get_span_context().is_valid
 
 
+_sdk = False
+
+
+def sdk_installed() -> bool:
+    """Whether an SDK records spans (a tracer provider was installed: that happens once)."""
+    global _sdk
+    if not _sdk:
+        _sdk = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    return _sdk
+
+
+def _spanning() -> bool:
+    """Whether to make a child span here: inside a trace, with an SDK to record it."""
+    return in_trace() and sdk_installed()
+
+
 @contextmanager
 def resumed(headers: Mapping[str, Any] | None) -> Iterator[None]:
     """Run the block in the trace context of ``headers`` (``traceparent``/``tracestate``,
@@ -94,6 +110,16 @@ def processing(
     """The CONSUMER span of one message's handling: a child of the trace the message carries,
     else the root of a new one."""
     parent = context_from(traceparent, tracestate)
+    if not sdk_installed():  # no spans to make: only the received context, passed through
+        if parent is None and not in_trace():
+            yield trace.INVALID_SPAN
+            return
+        token = otel_context.attach(parent if parent is not None else Context())
+        try:
+            yield trace.get_current_span()
+        finally:
+            otel_context.detach(token)
+        return
     with tracer.start_as_current_span(
         f"process {topic}",
         context=parent if parent is not None else Context(),
@@ -125,7 +151,7 @@ def traced(name: str, fn: Callable[[], T], attributes: Mapping[str, str | None])
     None are left out."""
 
     def run() -> T:
-        if not in_trace():
+        if not _spanning():
             return fn()
         given = {k: v for k, v in attributes.items() if v is not None}
         with tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=given):
@@ -139,7 +165,7 @@ def publishing(
     topic: str, event_id: str, event_type: str, instance_id: str | None
 ) -> Iterator[None]:
     """The PRODUCER span of one published status event, inside a trace only."""
-    if not in_trace():
+    if not _spanning():
         yield
         return
     attributes = {
@@ -210,7 +236,7 @@ class Propagation(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
         current = trace.get_current_span()
         if not current.get_span_context().is_valid:
             return continuation(client_call_details, request)
-        if not self._spans:
+        if not (self._spans and sdk_installed()):
             return continuation(_with_trace(client_call_details, carrier()), request)
         method = _method_name(client_call_details.method)
         service, _, name = method.rpartition("/")
