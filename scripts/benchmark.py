@@ -20,7 +20,9 @@ import contextlib
 import json
 import os
 import platform
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -44,6 +46,8 @@ APP_ID = "workflow-worker"
 WORKER_ENV: dict[str, str] = {}
 # --tracing: the worker exports every span to a Zipkin server started on each stack.
 TRACING = {"on": False}
+# --flame DIR: py-spy samples the worker's process during the worker phase of each run.
+FLAME: dict[str, Path | None] = {"dir": None}
 
 
 def _order(instance_id: str) -> dict[str, Any]:
@@ -387,10 +391,39 @@ def paced_markdown(runs: list[dict[str, Any]], machine: str, command: str) -> st
     return "\n".join(lines) + "\n"
 
 
-def one_run(profile: str, n: int, workdir: Path) -> dict[str, Any]:
+@contextlib.contextmanager
+def sampled(host: Host, svg: Path | None) -> Iterator[None]:
+    """py-spy samples the worker's process (its threads, idle ones left out) while the block
+    runs, without pausing it, and writes a flame graph to ``svg`` (None: nothing)."""
+    if svg is None:
+        yield
+        return
+    spy = Path(sys.executable).parent / "py-spy"
+    recorder = subprocess.Popen(
+        [
+            *(str(spy), "record", "--nonblocking", "--rate", "200", "--format", "flamegraph"),
+            *("--output", str(svg), "--pid", str(host.proc.popen.pid)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        time.sleep(1.0)  # py-spy attaches
+        yield
+    finally:
+        recorder.send_signal(signal.SIGINT)  # py-spy writes its graph and exits
+        _, errors = recorder.communicate(timeout=60)
+        if recorder.returncode != 0 or not svg.exists():
+            print(f"py-spy failed: {errors.decode(errors='replace')[-400:]}", file=sys.stderr)
+
+
+def one_run(profile: str, n: int, workdir: Path, run: int = 0) -> dict[str, Any]:
+    flame = FLAME["dir"]
     with fresh_host(profile, workdir) as host:
         direct = phase_direct(host, n)
-        worker, ids = phase_worker(host, n)
+        svg = flame / f"flame-{profile}-{n}-run{run + 1}.svg" if flame is not None else None
+        with sampled(host, svg):
+            worker, ids = phase_worker(host, n)
         flow = phase_flow(host, ids)
         pubsub = phase_pubsub(host, n)
         return {
@@ -536,6 +569,13 @@ def main(argv: list[str] | None = None) -> int:
         "Zipkin server started on each stack; the sidecar's own tracing stays off)",
     )
     parser.add_argument(
+        "--flame",
+        type=Path,
+        metavar="DIR",
+        help="sample the worker's process with py-spy during each run's worker phase: "
+        "DIR/flame-<profile>-<N>-run<k>.svg",
+    )
+    parser.add_argument(
         "--paced",
         nargs=2,
         type=float,
@@ -548,6 +588,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.metrics:
         WORKER_ENV["WORKER_METRICS_ENABLED"] = "true"
     TRACING["on"] = args.tracing
+    if args.flame is not None:
+        args.flame.mkdir(parents=True, exist_ok=True)
+        FLAME["dir"] = args.flame
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python scripts/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
     machine = machine_description()
@@ -576,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
             for n in args.n:
                 for run in range(args.runs):
                     started = time.monotonic()
-                    result = one_run(profile, n, Path(tmp) / f"{profile}-{n}-{run}")
+                    result = one_run(profile, n, Path(tmp) / f"{profile}-{n}-{run}", run)
                     results.append(result)
                     print(
                         f"{profile:8} N={n:<5} run {run + 1}: worker/direct "
