@@ -200,6 +200,16 @@ class StatusPublisher:
                 )
             except grpc.RpcError as error:
                 self._instruments.status_event(event.event.value, "failed")
+                if _code(error) is grpc.StatusCode.PERMISSION_DENIED:
+                    # Retried like any failure (nothing is lost once the scopes are mended),
+                    # but it is a configuration error: say so plainly.
+                    log.error(
+                        "the sidecar refuses to let app %r publish on %r: the pub/sub "
+                        "component's publishingScopes must grant it (see README, 'Who may "
+                        "control workflows'); retrying",
+                        self._settings.app_id,
+                        topic,
+                    )
                 raise Transient(f"publish {event.event} for {subject}: {error}") from error
         self._instruments.status_event(event.event.value, "published")
         if self._settings.echo_status:
@@ -267,6 +277,11 @@ class StatusPublisher:
     def publish_all(self, events: Iterable[Outbound]) -> None:
         for outbound in events:
             self.publish(outbound)
+
+
+def _code(error: grpc.RpcError) -> grpc.StatusCode | None:
+    code = getattr(error, "code", None)
+    return code() if callable(code) else None
 
 
 def compact(event: StatusEvent) -> str:

@@ -187,6 +187,24 @@ def test_rpc_error_becomes_transient() -> None:
     assert info.value.__cause__ is client.error
 
 
+def test_a_publish_the_scopes_forbid_is_retried_and_logged_as_a_configuration_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    publisher, client = _publisher(app_id="bench")
+    client.error = FakeRpcError(grpc.StatusCode.PERMISSION_DENIED, "topic not allowed")
+    with caplog.at_level(logging.ERROR, logger="worker.publisher"), pytest.raises(Transient):
+        publisher.publish(Outbound("x", _event(EventType.COMPLETED)))
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert "'bench'" in errors[0] and "publishingScopes" in errors[0]
+
+    client.error = FakeRpcError(grpc.StatusCode.UNAVAILABLE, "sidecar down")
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="worker.publisher"), pytest.raises(Transient):
+        publisher.publish(Outbound("y", _event(EventType.COMPLETED)))
+    assert [r for r in caplog.records if r.levelno == logging.ERROR] == []
+
+
 def test_filtered_event_does_not_call_client() -> None:
     publisher, client = _publisher(app_id="w", status_events=[EventType.COMPLETED])
     client.error = FakeRpcError(grpc.StatusCode.UNAVAILABLE, "sidecar down")
