@@ -4,6 +4,7 @@
 #   - redis-server (Debian package) for the shared profile and its tests
 #   - node and npm (Debian packages when missing) and, with npm ci, the pinned AsyncAPI parser
 #     in tests/asyncapi that validates docs/schemas/asyncapi.json (tests/unit/test_asyncapi_parser.py)
+#   - chromium and chromium-driver (Debian packages), the console's browser tests
 #   - Zipkin's server (a jar from Maven Central, through mvn; Java and Maven from Debian when
 #     missing), the trace test's backend
 #   - the Dapr runtime and CLI (scripts/install-dapr.sh; skipped when in place)
