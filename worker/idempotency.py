@@ -6,6 +6,11 @@ Two keys per message, both with a time-to-live:
   died mid-way).
 - ``done``: written after the effect, holding the status events to publish. A redelivery that
   finds it republishes those events (same CloudEvent ids) and has no other effect.
+
+A claim given back after a failure that may have left an effect (a start that timed out may
+have been made) is not deleted but marked released: the next delivery takes it over
+(`Begin.TAKEN_OVER`) at once. So `Begin.NEW` means that no delivery of the message acted on
+it, as long as its records are kept (``ttl_seconds``, and the store's own lifetime).
 """
 
 from __future__ import annotations
@@ -42,8 +47,10 @@ class StateClient(Protocol):
 
 
 class Begin(Enum):
-    NEW = "new"  # first delivery: go ahead
-    TAKEN_OVER = "taken_over"  # an earlier delivery claimed it and vanished: go ahead, carefully
+    NEW = "new"  # no delivery acted on it before: go ahead
+    # An earlier delivery claimed it and vanished, or gave it back after a failure that may
+    # have left an effect: go ahead, carefully.
+    TAKEN_OVER = "taken_over"
     DONE = "done"  # handled before: republish its events, nothing else
     BUSY = "busy"  # another delivery is handling it right now: retry later
 
@@ -102,8 +109,10 @@ class IdempotencyStore:
         if existing is None:
             raise Transient(f"could not claim message {key}: {conflict}") from conflict
         raw, etag = existing
-        claimed_at = float(json.loads(raw)["claimed_at"])
-        if time.time() - claimed_at < self._lease:
+        held = json.loads(raw)
+        claimed_at = float(held["claimed_at"])
+        released = bool(held.get("released", False))
+        if not released and time.time() - claimed_at < self._lease:
             return Claim(Begin.BUSY, key, previous_claimed_at=claimed_at)
         try:
             self._client.save_state(
@@ -116,6 +125,9 @@ class IdempotencyStore:
             )
         except grpc.RpcError:
             return Claim(Begin.BUSY, key, previous_claimed_at=claimed_at)
+        if released:
+            log.info("took over the claim on message %s, released after a failure", key)
+            return Claim(Begin.TAKEN_OVER, key)
         log.warning(
             "took over stale claim on message %s (claimed %.0fs ago)", key, time.time() - claimed_at
         )
@@ -141,10 +153,24 @@ class IdempotencyStore:
             return bool(json.loads(done[0]).get("published", True))
         return False if self._get(self._claim_key(key)) is not None else None
 
-    def release(self, key: str) -> None:
-        """Give the claim back after a transient failure, so the redelivery can go ahead."""
+    def release(self, key: str, *, acted: bool = True) -> None:
+        """Give the claim back after a failure, so the redelivery can go ahead at once.
+
+        ``acted``: whether this delivery may have left an effect (a call that failed may have
+        been made: a start that timed out). Then the claim is kept, marked released, and the
+        redelivery takes it over (`Begin.TAKEN_OVER`) instead of finding it NEW. Otherwise
+        (nothing was attempted, e.g. a message parked for its instance) it is deleted.
+        """
         try:
-            self._client.delete_state(self._store, self._claim_key(key))
+            if acted:
+                self._client.save_state(
+                    self._store,
+                    self._claim_key(key),
+                    json.dumps({"claimed_at": time.time(), "released": True}),
+                    state_metadata=self._ttl,
+                )
+            else:
+                self._client.delete_state(self._store, self._claim_key(key))
         except grpc.RpcError as error:
             log.warning("could not release claim %s (it expires by lease): %s", key, error)
 

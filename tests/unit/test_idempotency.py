@@ -153,22 +153,67 @@ def test_takeover_lost_to_a_concurrent_writer_is_busy(
     assert store.begin("k1").outcome is Begin.BUSY
 
 
-def test_release_lets_the_next_begin_be_new(store: IdempotencyStore) -> None:
+def test_release_after_nothing_was_done_lets_the_next_begin_be_new(
+    store: IdempotencyStore, client: FakeStateClient
+) -> None:
     store.begin("k1")
-    store.release("k1")
+    store.release("k1", acted=False)
+    assert "wfw|claim|k1" not in client.items
     assert store.begin("k1").outcome is Begin.NEW
 
 
+def test_release_after_a_failure_that_may_have_acted_makes_the_next_begin_a_take_over(
+    store: IdempotencyStore, client: FakeStateClient, clock: Clock
+) -> None:
+    """A start that timed out may have been made: the next delivery must not be told NEW
+    (no delivery acted), but may go ahead at once, carefully."""
+    store.begin("k1")
+    store.release("k1")  # acted=True is the default
+    raw, _ = client.items["wfw|claim|k1"]
+    assert json.loads(raw)["released"] is True
+    assert client.saves[-1].state_metadata == {"ttlInSeconds": str(_TTL)}
+    clock.now += 1  # well within the lease: a released claim does not wait for it
+    claim = store.begin("k1")
+    assert claim.outcome is Begin.TAKEN_OVER
+    assert claim.previous_claimed_at is None
+    # Taken over again, it is held: a concurrent delivery now finds it busy.
+    assert store.begin("k1").outcome is Begin.BUSY
+    assert store.handled("k1") is False
+
+
+def test_a_released_claim_is_taken_over_by_one_delivery_only(
+    store: IdempotencyStore, client: FakeStateClient
+) -> None:
+    store.begin("k1")
+    store.release("k1")
+    original_get = client.get_state
+
+    def get_then_race(store_name: str, key: str) -> object:
+        item = original_get(store_name, key)
+        if "claim" in key:  # another delivery takes it over between our read and our write
+            raw, version = client.items[key]
+            client.items[key] = (raw, version + 1)
+        return item
+
+    client.get_state = get_then_race  # type: ignore[assignment,method-assign]
+    assert store.begin("k1").outcome is Begin.BUSY
+
+
+@pytest.mark.parametrize("acted", [True, False])
 def test_release_failure_is_swallowed(
-    store: IdempotencyStore, client: FakeStateClient, caplog: pytest.LogCaptureFixture
+    store: IdempotencyStore,
+    client: FakeStateClient,
+    caplog: pytest.LogCaptureFixture,
+    acted: bool,
 ) -> None:
     store.begin("k1")
 
-    def failing_delete(store_name: str, key: str) -> None:
+    def failing(*_: object, **__: object) -> None:
         raise FakeRpcError(grpc.StatusCode.UNAVAILABLE, "down")
 
-    client.delete_state = failing_delete  # type: ignore[method-assign]
-    store.release("k1")  # no exception: the claim expires by lease
+    client.delete_state = failing  # type: ignore[method-assign]
+    client.save_state = failing  # type: ignore[method-assign]
+    store.release("k1", acted=acted)  # no exception: the claim expires by lease
     assert "could not release claim" in caplog.text
 
 

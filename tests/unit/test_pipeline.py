@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, cast
 
 import grpc
 import pytest
 from cloudevents.sdk.event import v1
 from dapr.clients.grpc._response import TopicEventResponse
 
-from tests.unit.fakes import FakePublishClient, FakeRpcError, FakeStateClient
+from tests.unit.fakes import FakeGateway, FakePublishClient, FakeRpcError, FakeStateClient, state
 from worker.config import Settings
 from worker.events import EVENT_TYPE_PREFIX, EventType
+from worker.gateway import WorkflowGateway
 from worker.handlers.inbound import Inbound
 from worker.handlers.pipeline import Pipeline
 from worker.handlers.report import report
+from worker.handlers.start import StartHandler
 from worker.idempotency import Begin, Claim, IdempotencyStore, message_key
+from worker.origin import unwrap
 from worker.outcomes import Rejected, Transient
 from worker.publisher import Outbound, StatusPublisher
 
@@ -180,11 +183,14 @@ def test_transient_is_retried_without_publishing(harness: Harness) -> None:
     handler = FakeHandler(errors=[Transient("sidecar down")])
     assert harness.deliver(handler, cloud_event()) == "retry"
     assert harness.pubsub.calls == []
-    assert not _claim_held(harness)  # released, so the redelivery goes ahead
+    # Released, so the redelivery goes ahead at once; but as a take-over, not NEW: the
+    # failed call may have been made.
+    raw, _ = harness.state.items[f"wfw|claim|{message_key(TOPIC, 'tests', 'msg-1')}"]
+    assert json.loads(raw)["released"] is True
 
     assert harness.deliver(handler, cloud_event()) == "success"
     assert len(handler.calls) == 2
-    assert handler.calls[1][1].outcome is Begin.NEW
+    assert handler.calls[1][1].outcome is Begin.TAKEN_OVER
     assert [b["event"] for b in harness.published()] == ["started", "suspended"]
 
 
@@ -192,7 +198,8 @@ def test_unexpected_exception_is_retried_like_transient(harness: Harness) -> Non
     handler = FakeHandler(errors=[KeyError("bug")])
     assert harness.deliver(handler, cloud_event()) == "retry"
     assert harness.pubsub.calls == []
-    assert not _claim_held(harness)
+    assert harness.deliver(handler, cloud_event()) == "success"  # at once: claim released
+    assert handler.calls[1][1].outcome is Begin.TAKEN_OVER
 
 
 def test_gives_up_after_max_transient_attempts(harness: Harness) -> None:
@@ -297,3 +304,44 @@ def test_every_outcome_is_audited_as_one_json_line(
     assert {line["source"] for line in lines} == {"ops-console"}
     assert {line["message_id"] for line in lines} == {"audit-1"}
     assert {line["outcome"] for line in lines} == {"success"}
+
+
+class _TimingOutGateway(FakeGateway):
+    """Makes the start, then answers as if its deadline passed (the answer was lost)."""
+
+    def start(self, workflow: str, instance_id: str, data: Any, start_at: Any) -> None:
+        super().start(workflow, instance_id, data, start_at)
+        origin, _ = unwrap(data)
+        self.states[instance_id] = replace(state(instance_id, "RUNNING"), origin=origin)
+        raise Transient(f"start {instance_id}: deadline exceeded")
+
+
+@pytest.mark.parametrize("instance_id", [None, "order-9"])
+def test_a_timed_out_start_then_a_redelivery_never_recreates_the_finished_instance(
+    harness: Harness, instance_id: str | None
+) -> None:
+    """The first delivery's start was made but timed out; the instance ran and finished
+    before the redelivery. The redelivery is a take-over (never NEW), looks the instance
+    up, recognises it as its own and reports `started` again: no second start, which daprd
+    would have turned into a silent recreate of the finished instance."""
+    gateway = _TimingOutGateway()
+    handler = StartHandler(cast(WorkflowGateway, gateway), ["approval_workflow"])
+    body = {"workflow": "approval_workflow"} | ({"instance_id": instance_id} if instance_id else {})
+    event = cloud_event(data=json.dumps(body).encode())
+    claims: list[Begin] = []
+    handle = handler.handle
+
+    def handle_and_note(message: Inbound, claim: Claim) -> list[Outbound]:
+        claims.append(claim.outcome)
+        return handle(message, claim)
+
+    handler.handle = handle_and_note  # type: ignore[method-assign]
+    assert harness.pipeline("workflow.start", handler, event).status.name == "retry"
+    [(_, started_id, *_)] = [c[1:] for c in gateway.calls if c[0] == "start"]
+    gateway.states[started_id] = replace(gateway.states[started_id], status="COMPLETED")
+
+    assert harness.pipeline("workflow.start", handler, event).status.name == "success"
+    assert claims == [Begin.NEW, Begin.TAKEN_OVER]
+    assert [c[0] for c in gateway.calls] == ["get_state", "start", "get_state"]
+    [body_out] = harness.published()
+    assert (body_out["event"], body_out["instance_id"]) == ("started", started_id)

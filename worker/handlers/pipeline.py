@@ -242,7 +242,7 @@ class Pipeline:
                     error,
                     exc_info=not isinstance(error, Transient),
                 )
-                self._store.release(key)
+                self._store.release(key, acted=True)  # the failed call may have been made
                 return _verdict(Outcome.RETRY, kind)
             reason = f"gave up after {self._max_attempts} attempts; last error: {error}"
             events, status, code = [rejection(message, reason)], "drop", RejectCode.GAVE_UP
@@ -276,7 +276,7 @@ class Pipeline:
     def _park(self, key: str, message: Inbound, first_seen: float, missing: Missing) -> Verdict:
         """Keep a message whose instance does not exist yet, and free its delivery."""
         assert self._parking is not None
-        self._store.release(key)
+        self._store.release(key, acted=False)  # nothing done: its instance does not exist
         if message.first_seen is not None:  # already parked: it waits on
             return _verdict(_WAITING)
         try:
