@@ -255,3 +255,24 @@ def test_no_echo_by_default_and_none_for_a_failed_publish(
         with pytest.raises(Transient):
             loud.publish(Outbound("e2", _event()))
     assert [r for r in caplog.records if r.name == "worker.status"] == []
+
+
+def test_the_cloudevent_is_what_the_cloudevents_package_writes() -> None:
+    """Written directly for speed; read back by the reference implementation it is the same
+    event (attributes, extensions, data), non-ASCII and all."""
+    from cloudevents.http import from_json
+
+    publisher, _ = _publisher(app_id="my-worker")
+    outbound = Outbound(
+        "evt-1",
+        _event(status="RUNNING", correlation_id="msg-9", output={"name": "Zoë", "n": [1, 2.5]}),
+    )
+    raw = publisher.cloudevent(outbound)
+    parsed = from_json(raw)
+    assert parsed["specversion"] == "1.0"
+    assert parsed["id"] == "evt-1"
+    assert parsed["source"] == "my-worker"
+    assert parsed["partitionkey"] == "order-1"
+    assert parsed.data == json.loads(raw)["data"]
+    assert parsed.data["output"] == {"name": "Zoë", "n": [1, 2.5]}
+    assert raw.isascii()  # non-ASCII escaped, as before

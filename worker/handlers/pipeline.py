@@ -339,6 +339,11 @@ class Pipeline:
     @staticmethod
     def _audit(message: Inbound, events: list[Outbound], status: str) -> None:
         """One JSON line per outcome: who asked (CloudEvent source), what, which, result."""
+        if status == "drop":
+            for outbound in events:
+                log.warning("rejected %s: %s", message.describe(), outbound.event.reason)
+        if not audit.isEnabledFor(logging.INFO):  # no line to write: nothing to format
+            return
         if not events:
             audit.info(
                 json.dumps(
@@ -366,8 +371,6 @@ class Pipeline:
                     }
                 )
             )
-            if status == "drop":
-                log.warning("rejected %s: %s", message.describe(), e.reason)
 
 
 def _trace_context(event: v1.Event) -> tuple[str, str]:
