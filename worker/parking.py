@@ -31,7 +31,10 @@ from worker.outcomes import Transient
 
 log = logging.getLogger(__name__)
 
-PARK_POLL_SECONDS = 1.0
+PARK_POLL_SECONDS = 1.0  # while messages are parked
+# While none is: one index read per this long per replica (was one a second). A message another
+# replica parks is retried by that replica every second; this one joins in within this long.
+PARK_IDLE_POLL_SECONDS = 10.0
 _INDEX_KEY = "wfw|parked-index"
 _INDEX_TRIES = 20
 
@@ -68,6 +71,7 @@ class ParkingLot:
         except grpc.RpcError as error:
             raise Transient(f"park message {message_key}: {error}") from error
         self._update_index(lambda index: index.setdefault(message_key, first_seen))
+        self._wake.set()  # back to polling every second
 
     def unpark(self, message_key: str) -> None:
         self._update_index(lambda index: index.pop(message_key, None))
@@ -109,14 +113,17 @@ class ParkingLot:
 
     def run(self, retry: Callable[[Inbound], None], stopping: threading.Event) -> None:
         """Until ``stopping`` is set: hand every parked message to ``retry`` (the pipeline),
-        every `PARK_POLL_SECONDS` or when nudged."""
+        every `PARK_POLL_SECONDS` while there are any (`PARK_IDLE_POLL_SECONDS` while there
+        are none), and at once when nudged."""
+        interval = PARK_POLL_SECONDS
         while not stopping.is_set():
-            self._wake.wait(PARK_POLL_SECONDS)
+            self._wake.wait(interval)
             self._wake.clear()
             if stopping.is_set():
                 return
             try:
                 parked = self.parked()
+                interval = PARK_POLL_SECONDS if parked else PARK_IDLE_POLL_SECONDS
                 for message_key in sorted(parked, key=lambda k: (parked[k], k)):  # oldest first
                     if stopping.is_set():
                         return

@@ -11,6 +11,7 @@ import pytest
 
 from tests.unit.fakes import FakePublishClient, FakeStateClient
 from tests.unit.test_pipeline import cloud_event
+from worker import parking
 from worker.config import Settings
 from worker.events import EventType
 from worker.handlers.inbound import Inbound
@@ -142,6 +143,33 @@ def test_a_start_nudges_the_lot() -> None:
     assert woken.wait(5)
     assert time.monotonic() - started < 0.5  # not the poll interval: at once
     runner.join(5)
+
+
+def test_the_lot_reads_its_index_seldom_while_nothing_is_parked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rig = _rig(grace=60)
+    waits: list[float | None] = []
+    stopping = threading.Event()
+
+    class RecordingEvent(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            waits.append(timeout)
+            if len(waits) == 2:  # parked between the first and second read of the index
+                rig.pipeline(TOPIC, WaitingHandler(), cloud_event(data=BODY))
+            if len(waits) >= 4:
+                stopping.set()
+            return True
+
+    monkeypatch.setattr(rig.lot, "_wake", RecordingEvent())
+    rig.lot.run(lambda message: None, stopping)
+    # first pass at the busy pace; empty index: idle pace; a message parked: busy again
+    assert waits[:3] == [
+        parking.PARK_POLL_SECONDS,
+        parking.PARK_IDLE_POLL_SECONDS,
+        parking.PARK_POLL_SECONDS,
+    ]
+    assert parking.PARK_IDLE_POLL_SECONDS >= 5 * parking.PARK_POLL_SECONDS
 
 
 @pytest.mark.parametrize("replicas", [2, 5])
