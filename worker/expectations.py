@@ -12,8 +12,14 @@ A note is used up by the change it announced, not deleted: it remembers which ch
 (neither publishes it twice), while a later change to the same status by someone else is not
 mistaken for the worker's.
 
+Raises are counted per run of the instance (its creation time, see `run_of`): a new run (a
+start with ``replace``, a continue-as-new generation) has a history of its own, in which the
+worker's raises into an earlier run must not hide anybody else's.
+
 Key: ``wfw|expect|<instance id>`` =
-``{"statuses": {status: {"until": t, "used_by": change or null}}, "raised": {name: count}}``.
+``{"statuses": {status: {"until": t, "used_by": change or null}},
+"raised": {run: {name: count}}}`` (notes written before runs were told apart hold
+``{name: count}``; they count in every run).
 """
 
 from __future__ import annotations
@@ -23,11 +29,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import grpc
 from dapr.clients.grpc._state import Concurrency, StateOptions
 
+from worker.events import as_utc
 from worker.idempotency import StateClient
 from worker.outcomes import Transient
 
@@ -35,6 +43,12 @@ log = logging.getLogger(__name__)
 
 NOTE_SECONDS = 300.0
 _TRIES = 20
+_ANY_RUN = ""  # raises noted without a run: they count in every run
+
+
+def run_of(created_at: datetime | None) -> str:
+    """The run of an instance created at ``created_at``, as notes and the watch name it."""
+    return as_utc(created_at).isoformat() if created_at is not None else ""
 
 
 @dataclass
@@ -43,7 +57,8 @@ class Notes:
 
     # status -> {"until": epoch seconds, "used_by": the change it accounted for, or None}
     statuses: dict[str, dict[str, Any]] = field(default_factory=dict)
-    raised: dict[str, int] = field(default_factory=dict)  # event name -> raised by the worker
+    # run -> event name -> how many the worker raised into that run
+    raised: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def expects(self, status: str, change: str) -> bool:
         """Whether a live note announced ``change`` to ``status`` (or announced a change to
@@ -53,13 +68,24 @@ class Notes:
             return False
         return note.get("used_by") in (None, change)
 
+    def raised_in(self, run: str) -> dict[str, int]:
+        """Event name -> how many the worker raised into ``run``."""
+        counts = dict(self.raised.get(run, {}))
+        if run != _ANY_RUN:
+            for name, count in self.raised.get(_ANY_RUN, {}).items():
+                counts[name] = counts.get(name, 0) + count
+        return counts
+
     def to_json(self) -> str:
         return json.dumps({"statuses": self.statuses, "raised": self.raised})
 
     @staticmethod
     def from_json(raw: bytes | str) -> Notes:
         data: dict[str, Any] = json.loads(raw)
-        return Notes(dict(data.get("statuses", {})), dict(data.get("raised", {})))
+        raised: dict[str, Any] = dict(data.get("raised", {}))
+        if any(isinstance(count, int) for count in raised.values()):  # written before runs
+            raised = {_ANY_RUN: raised}
+        return Notes(dict(data.get("statuses", {})), raised)
 
 
 class Expectations:
@@ -87,15 +113,19 @@ class Expectations:
         """The change did not happen after all."""
         self._quietly(instance_id, lambda notes: notes.statuses.pop(status, None))
 
-    def expect_raise(self, instance_id: str, name: str) -> None:
+    def expect_raise(self, instance_id: str, name: str, run: str = _ANY_RUN) -> None:
+        """One more ``name`` raised by the worker into ``run`` (see `run_of`)."""
+
         def note(notes: Notes) -> None:
-            notes.raised[name] = notes.raised.get(name, 0) + 1
+            counts = notes.raised.setdefault(run, {})
+            counts[name] = counts.get(name, 0) + 1
 
         self._update(instance_id, note)
 
-    def withdraw_raise(self, instance_id: str, name: str) -> None:
+    def withdraw_raise(self, instance_id: str, name: str, run: str = _ANY_RUN) -> None:
         def note(notes: Notes) -> None:
-            notes.raised[name] = max(0, notes.raised.get(name, 0) - 1)
+            counts = notes.raised.setdefault(run, {})
+            counts[name] = max(0, counts.get(name, 0) - 1)
 
         self._quietly(instance_id, note)
 

@@ -115,7 +115,7 @@ def test_a_withdrawn_note_accounts_for_nothing(notes: Expectations) -> None:
     notes.withdraw_status(ID, "SUSPENDED")  # the sidecar call failed
     assert not notes.consume_status(ID, "SUSPENDED", "SUSPENDED@t1")
     assert notes.consume_status(ID, "PURGED", "purged:run")  # the others stay
-    assert notes.get(ID).raised == {"approval_decision": 1}
+    assert notes.get(ID).raised_in("") == {"approval_decision": 1}
     notes.withdraw_status(ID, "TERMINATED")  # nothing to take back: no harm
 
 
@@ -148,23 +148,23 @@ def test_the_note_lifetime_is_note_seconds(
 
 
 def test_raise_counts(store: HookedStateClient, notes: Expectations) -> None:
-    assert notes.get(ID).raised == {}
+    assert notes.get(ID).raised_in("") == {}
     notes.expect_raise(ID, "approval_decision")
     notes.expect_raise(ID, "approval_decision")
     notes.expect_raise(ID, "cancel")
-    assert _watcher(store).get(ID).raised == {"approval_decision": 2, "cancel": 1}
+    assert _watcher(store).get(ID).raised_in("") == {"approval_decision": 2, "cancel": 1}
     notes.withdraw_raise(ID, "approval_decision")
     notes.withdraw_raise(ID, "cancel")
     notes.withdraw_raise(ID, "cancel")  # never below zero
-    assert notes.get(ID).raised == {"approval_decision": 1, "cancel": 0}
-    assert notes.get("order-2").raised == {}
+    assert notes.get(ID).raised_in("") == {"approval_decision": 1, "cancel": 0}
+    assert notes.get("order-2").raised_in("") == {}
 
 
 def test_forget_removes_every_note(notes: Expectations) -> None:
     notes.expect_status(ID, "PURGED")
     notes.expect_raise(ID, "approval_decision")
     notes.forget(ID)
-    assert notes.get(ID).raised == {}
+    assert notes.get(ID).raised_in("") == {}
     assert not notes.consume_status(ID, "PURGED", "purged:run")
 
 
@@ -243,7 +243,7 @@ def test_concurrent_notes_lose_nothing() -> None:
     assert not any(worker.is_alive() for worker in workers)
     assert failures == []
     notes = Expectations(store, STORE, 3600).get(ID)
-    assert notes.raised == {"approval_decision": threads * rounds}
+    assert notes.raised_in("") == {"approval_decision": threads * rounds}
     assert set(notes.statuses) == {f"STATUS-{n}" for n in range(threads)}
     written = store.items[KEY][1]
     attempts = sum(1 for save in store.saves if save.key == KEY)

@@ -20,7 +20,7 @@ from google.protobuf import timestamp_pb2
 from tests.status_contract import schema_errors
 from tests.unit.fakes import FakeClock, FakePublishClient, HookedStateClient
 from worker.config import Settings
-from worker.expectations import Expectations
+from worker.expectations import Expectations, Notes, run_of
 from worker.gateway import InstanceState, WorkflowGateway
 from worker.origin import Origin
 from worker.outcomes import Missing
@@ -641,19 +641,13 @@ def test_a_raise_no_hint_told_of_is_published_by_the_sweep(rig: Rig) -> None:
     assert rig.events() == ["event_raised"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the worker's raise counts (Notes.raised in wfw|expect|<id>) are kept per instance "
-    "id, not per run, and survive a new run (start with replace: true): raises by others into "
-    "the new run are taken for the worker's up to the old run's count and never published",
-)
 def test_the_workers_raises_into_an_earlier_run_do_not_hide_raises_into_a_new_one(
     rig: Rig,
 ) -> None:
     rig.set(instance(origin=WORKER))
     watcher = rig.watcher()
     watcher.check(ID)
-    rig.notes.expect_raise(ID, "approval_decision")
+    rig.notes.expect_raise(ID, "approval_decision", run_of(CREATED))  # as the handler notes it
     rig.gateway.histories[ID] = [started(CREATED), raised(at(10))]
     watcher.check(ID, raised={utc(at(10))})
     rig.set(instance("COMPLETED", updated=at(20), origin=WORKER))
@@ -664,6 +658,28 @@ def test_the_workers_raises_into_an_earlier_run_do_not_hide_raises_into_a_new_on
     rig.gateway.histories[ID] = [started(at(30)), raised(at(40))]  # raised by someone else
     watcher.check(ID, raised={utc(at(40))})
     assert rig.events() == ["event_raised"]
+
+
+def test_raises_into_an_earlier_generation_do_not_hide_raises_into_the_next(rig: Rig) -> None:
+    rig.set(instance(origin=WORKER))
+    watcher = rig.watcher()
+    watcher.check(ID)
+    rig.gateway.histories[ID] = [started(CREATED), raised(at(10))]  # raised by someone else
+    watcher.check(ID, raised={utc(at(10))})
+    # continue-as-new: the same life, a new creation time and a history of its own
+    rig.set(instance(created=at(30), updated=at(30), origin=WORKER))
+    rig.gateway.histories[ID] = [started(at(30)), raised(at(40))]  # someone else again
+    watcher.check(ID, raised={utc(at(40))})
+    assert rig.events() == ["event_raised", "event_raised"]
+    assert len(set(rig.pubsub.event_ids())) == 2
+
+
+def test_notes_written_before_runs_were_told_apart_count_in_every_run() -> None:
+    notes = Notes.from_json('{"statuses": {}, "raised": {"approval_decision": 2}}')
+    assert notes.raised_in("2026-11-30T09:00:00+00:00") == {"approval_decision": 2}
+    notes.raised.setdefault("2026-11-30T09:00:00+00:00", {})["approval_decision"] = 1
+    assert notes.raised_in("2026-11-30T09:00:00+00:00") == {"approval_decision": 3}
+    assert notes.raised_in("2026-11-30T10:00:00+00:00") == {"approval_decision": 2}
 
 
 # --- stalls --------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from worker.events import EventType, now
-from worker.expectations import Expectations
+from worker.expectations import Expectations, run_of
 from worker.gateway import WorkflowGateway
 from worker.handlers.inbound import Inbound, parse
 from worker.handlers.report import report
@@ -34,13 +34,14 @@ class ApprovalHandler:
                 workflow=state.workflow,
             )
         at = now()
+        run = run_of(state.created_at)
         if self._notes is not None:
-            self._notes.expect_raise(request.instance_id, request.event_name)
+            self._notes.expect_raise(request.instance_id, request.event_name, run)
         try:
             self._gateway.raise_event(request.instance_id, request.event_name, request.data)
         except Exception:
             if self._notes is not None:
-                self._notes.withdraw_raise(request.instance_id, request.event_name)
+                self._notes.withdraw_raise(request.instance_id, request.event_name, run)
             raise
         return [
             report(

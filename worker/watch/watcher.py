@@ -32,7 +32,7 @@ from datetime import datetime
 from typing import Any
 
 from worker.events import EventType, StatusEvent, TimelineEntry, as_utc, now, stable_event_id
-from worker.expectations import Expectations
+from worker.expectations import Expectations, run_of
 from worker.gateway import ACTIVE_STATUSES, LIST_PAGE, InstanceState, WorkflowGateway
 from worker.outcomes import Missing, Rejected, Transient
 from worker.publisher import Outbound, StatusPublisher
@@ -316,11 +316,12 @@ class Watcher:
             if state is None:
                 self._gone(instance_id, seen, report, last_known)
                 return None
-            run = _iso(state.created_at)
+            run = run_of(state.created_at)
             previous = replace(seen, raised=dict(seen.raised)) if seen is not None else None
             events: list[Outbound] = []
             if seen is not None and seen.run != run and seen.status in _GOING_ON:
-                seen.run = run  # continue-as-new: the next generation of the same life
+                # continue-as-new: the next generation of the same life, a history of its own
+                seen.run, seen.raised = run, {}
             elif seen is None or seen.run != run:
                 seen, started = self._new_run(instance_id, state, run)
                 events += started
@@ -441,7 +442,7 @@ class Watcher:
     ) -> list[Outbound]:
         """Events raised by others: what the history holds beyond the worker's and the
         feed's own count."""
-        by_worker = self._notes.get(instance_id).raised
+        by_worker = self._notes.get(instance_id).raised_in(seen.run)
         out: list[Outbound] = []
         counts: dict[str, int] = {}
         history = raised_events(self._history(instance_id))
