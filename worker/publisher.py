@@ -272,11 +272,10 @@ class StatusPublisher:
             if headers.get("tracestate"):
                 attributes["tracestate"] = headers["tracestate"]
         limit = self._settings.max_status_payload_bytes - _ENVELOPE_BYTES
-        # A structured CloudEvent 1.0 in JSON, written directly (what the cloudevents
-        # package's to_json writes for JSON data, at a fifth of its cost).
-        return json.dumps(
-            {"specversion": "1.0", **attributes, "data": _shrink(event, limit)}
-        ).encode()
+        # The cloudevents package writes it (and checks its attributes). Written by hand it
+        # cost a fifth (~20 us against ~106 us), some 2 % of a message: not worth owning a
+        # serialiser of our own.
+        return bytes(to_json(CloudEvent(attributes, _shrink(event, limit))))
 
     def publish_all(self, events: Iterable[Outbound]) -> None:
         for outbound in events:
