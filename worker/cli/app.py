@@ -402,6 +402,20 @@ def _decision(
 _APPROVAL_EVENT = "approval_decision"
 
 
+def decision_options(fn: F) -> F:
+    """--data and --event, as approve and reject take them."""
+    fn = click.option(
+        "--event",
+        "event_name",
+        default=_APPROVAL_EVENT,
+        show_default=True,
+        help="Name of the event the workflow waits for.",
+    )(fn)
+    return click.option(
+        "--data", default=None, help="More fields for the decision: a JSON object."
+    )(fn)
+
+
 @cli.command(
     short_help="Approve a waiting instance (its decision event).",
     epilog=_examples(
@@ -413,14 +427,7 @@ _APPROVAL_EVENT = "approval_decision"
 @click.argument("instance_id")
 @click.option("--by", default=None, help="Who approves (the decision's approver).")
 @click.option("--comment", default=None, help="A comment, kept in the decision.")
-@click.option("--data", default=None, help="More fields for the decision: a JSON object.")
-@click.option(
-    "--event",
-    "event_name",
-    default=_APPROVAL_EVENT,
-    show_default=True,
-    help="Name of the event the workflow waits for.",
-)
+@decision_options
 @wait_options(untils=("done", "finished"))
 @sidecar_options
 def approve(
@@ -457,14 +464,7 @@ def approve(
 @click.argument("instance_id")
 @click.option("--by", default=None, help="Who rejects (the decision's approver).")
 @click.option("--reason", default=None, help="Why, kept in the decision.")
-@click.option("--data", default=None, help="More fields for the decision: a JSON object.")
-@click.option(
-    "--event",
-    "event_name",
-    default=_APPROVAL_EVENT,
-    show_default=True,
-    help="Name of the event the workflow waits for.",
-)
+@decision_options
 @wait_options(untils=("done", "finished"))
 @sidecar_options
 def reject(
