@@ -108,6 +108,15 @@ def _status(value: orchestration_pb2.OrchestrationStatus.ValueType) -> str:
     return name.removeprefix(_STATUS_PREFIX).lower()
 
 
+# History events that end an activity or a child workflow, and the outcome they give it.
+_STEP_ENDS = {
+    "taskCompleted": "completed",
+    "taskFailed": "failed",
+    "childWorkflowInstanceCompleted": "completed",
+    "childWorkflowInstanceFailed": "failed",
+}
+
+
 def run_input(events: Iterable[HistoryEvent]) -> Any:
     """The input the run was started with, without the worker's envelope (None if unknown)."""
     for event in events:
@@ -145,31 +154,22 @@ def build_timeline(events: Iterable[HistoryEvent]) -> list[TimelineEntry]:
             name = event.taskScheduled.name
             step = "report" if name == REPORT_ACTIVITY else "activity"
             tasks[event.eventId] = opened(_Draft(step, name, at, outcome=PENDING))
-        elif kind == "taskCompleted":
-            task = tasks.pop(event.taskCompleted.taskScheduledId, None)
-            if task is not None:
-                task.close(at, "completed")
-                task.result = _payload(event.taskCompleted, "result")
-        elif kind == "taskFailed":
-            task = tasks.pop(event.taskFailed.taskScheduledId, None)
-            if task is not None:
-                task.close(at, "failed")
-                task.failure = _failure(event.taskFailed.failureDetails)
+        elif kind in _STEP_ENDS:
+            outcome = _STEP_ENDS[kind]
+            body = getattr(event, kind)
+            opens = tasks if kind.startswith("task") else children
+            ended = opens.pop(body.taskScheduledId, None)
+            if ended is not None:
+                ended.close(at, outcome)
+                if outcome == "failed":
+                    ended.failure = _failure(body.failureDetails)
+                else:
+                    ended.result = _payload(body, "result")
         elif kind == "childWorkflowInstanceCreated":
             child = event.childWorkflowInstanceCreated
             children[event.eventId] = opened(
                 _Draft("child_workflow", child.name, at, outcome=PENDING)
             )
-        elif kind == "childWorkflowInstanceCompleted":
-            task = children.pop(event.childWorkflowInstanceCompleted.taskScheduledId, None)
-            if task is not None:
-                task.close(at, "completed")
-                task.result = _payload(event.childWorkflowInstanceCompleted, "result")
-        elif kind == "childWorkflowInstanceFailed":
-            task = children.pop(event.childWorkflowInstanceFailed.taskScheduledId, None)
-            if task is not None:
-                task.close(at, "failed")
-                task.failure = _failure(event.childWorkflowInstanceFailed.failureDetails)
         elif kind == "timerCreated":
             created = event.timerCreated
             if created.fireAt.seconds >= _NEVER_SECONDS and created.WhichOneof("origin") in (
