@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
@@ -63,9 +62,6 @@ class Claim:
     previous_claimed_at: float | None = None
     events: list[Outbound] = field(default_factory=list)
     published: bool = True  # DONE: whether its events went out (False: publish failed)
-    # What the handler read while the claim was being taken (see Pipeline's look-ahead):
-    # valid for a NEW claim only, whose message no delivery acted on before.
-    ahead: Future[Any] | None = None
 
 
 def message_key(topic: str, source: str, message_id: str) -> str:

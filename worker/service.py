@@ -166,7 +166,6 @@ class WorkerService:
             grace_seconds=s.unknown_instance_grace_seconds,
             ready=self._acting,
             instruments=measure,
-            look_ahead_threads=s.max_concurrency,  # a start's existence check beside its claim
         )
         notes = (
             Expectations(client, s.state_store, s.idempotency_ttl_seconds)
@@ -269,8 +268,6 @@ class WorkerService:
                 log.exception("stopping %s", type(addon).__name__)
         if self._app is not None:
             self._app.stop()
-        if self._pipeline is not None:
-            self._pipeline.close()
         for closeable in (self._gateway, self._dapr):
             if closeable is not None:
                 try:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
@@ -14,7 +12,6 @@ from cloudevents.sdk.event import v1
 from dapr.clients.grpc._response import TopicEventResponse
 
 from tests.unit.fakes import FakeGateway, FakePublishClient, FakeRpcError, FakeStateClient, state
-from worker import logcontext, traces
 from worker.config import Settings
 from worker.events import EVENT_TYPE_PREFIX, EventType
 from worker.gateway import WorkflowGateway
@@ -347,86 +344,4 @@ def test_a_timed_out_start_then_a_redelivery_never_recreates_the_finished_instan
     assert claims == [Begin.NEW, Begin.TAKEN_OVER]
     assert [c[0] for c in gateway.calls] == ["get_state", "start", "get_state"]
     [body_out] = harness.published()
-    assert (body_out["event"], body_out["instance_id"]) == ("started", started_id)
-
-
-@pytest.fixture
-def looking_ahead(harness: Harness) -> Iterator[Harness]:
-    """The harness's store and publisher, with a pipeline that runs look-aheads."""
-    pipeline = Pipeline(
-        harness.store, harness.pipeline._publisher, MAX_ATTEMPTS, look_ahead_threads=2
-    )
-    yield Harness(pipeline, harness.state, harness.pubsub, harness.store)
-    pipeline.close()
-
-
-@dataclass
-class LookingHandler(FakeHandler):
-    """A `FakeHandler` with a look-ahead that notes where and in which context it ran."""
-
-    seen: list[dict[str, Any]] = field(default_factory=list)
-
-    def look_ahead(self, message: Inbound) -> str:
-        self.seen.append(
-            {
-                "thread": threading.current_thread().name,
-                "trace": traces.carrier().get("traceparent"),
-                "log": logcontext.current(),
-            }
-        )
-        return f"read for {message.message_id}"
-
-
-def test_a_look_ahead_runs_beside_the_claim_in_the_messages_context(
-    looking_ahead: Harness,
-) -> None:
-    handler = LookingHandler()
-    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    event = cloud_event()
-    event.SetExtensions({"traceparent": parent})
-    assert looking_ahead.deliver(handler, event) == "success"
-    [seen] = handler.seen
-    assert seen["thread"].startswith("look-ahead")
-    assert seen["trace"] == parent  # its calls carry the message's trace
-    assert seen["log"]["message_id"] == "msg-1"
-    [(_, claim)] = handler.calls
-    assert claim.outcome is Begin.NEW
-    assert claim.ahead is not None and claim.ahead.result() == "read for msg-1"
-
-
-def test_a_duplicate_does_nothing_with_its_look_ahead(looking_ahead: Harness) -> None:
-    handler = LookingHandler()
-    assert looking_ahead.deliver(handler, cloud_event()) == "success"
-    assert looking_ahead.deliver(handler, cloud_event()) == "success"
-    assert len(handler.calls) == 1  # the second delivery republished, nothing else
-
-
-@pytest.mark.parametrize("instance_id", [None, "order-9"])
-def test_with_look_ahead_a_timed_out_start_then_a_redelivery_never_recreates_it(
-    looking_ahead: Harness, instance_id: str | None
-) -> None:
-    """As above, with the existence check made beside the claim: the redelivery's read made
-    beside its claim is not trusted (the claim is a take-over), it reads again after."""
-    gateway = _TimingOutGateway()
-    handler = StartHandler(cast(WorkflowGateway, gateway), ["approval_workflow"])
-    body = {"workflow": "approval_workflow"} | ({"instance_id": instance_id} if instance_id else {})
-    event = cloud_event(data=json.dumps(body).encode())
-    assert looking_ahead.pipeline("workflow.start", handler, event).status.name == "retry"
-    [(_, started_id, *_)] = [c[1:] for c in gateway.calls if c[0] == "start"]
-    gateway.states[started_id] = replace(gateway.states[started_id], status="COMPLETED")
-    gateway.calls.clear()
-
-    # The look-ahead of the redelivery is made before its claim, and finds nothing: as if
-    # the first delivery's start had not landed yet when it read.
-    real_get = gateway.get_state
-
-    def late_read(instance: str, *, payloads: bool = True) -> Any:
-        if threading.current_thread().name.startswith("look-ahead"):
-            return None
-        return real_get(instance, payloads=payloads)
-
-    gateway.get_state = late_read  # type: ignore[method-assign,assignment]
-    assert looking_ahead.pipeline("workflow.start", handler, event).status.name == "success"
-    assert [c[0] for c in gateway.calls] == ["get_state"]  # read after the take-over; no start
-    [body_out] = looking_ahead.published()
     assert (body_out["event"], body_out["instance_id"]) == ("started", started_id)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from concurrent.futures import Future
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -321,72 +320,3 @@ def test_a_pending_instance_of_unknown_origin_is_asked_about_again(
     with pytest.raises(Transient, match="PENDING"):
         handler.handle(start_message(instance_id="order-1"), NEW)
     assert gateway.mutations() == []
-
-
-def _ahead_of(handler: StartHandler, message: Inbound, outcome: Begin) -> Claim:
-    """A claim with ``outcome`` whose look-ahead read has run."""
-    future: Future[Any] = Future()
-    try:
-        future.set_result(handler.look_ahead(message))
-    except Exception as error:
-        future.set_exception(error)
-    return Claim(outcome, "key", ahead=future)
-
-
-def test_a_new_claim_uses_the_read_made_beside_it(
-    handler: StartHandler, gateway: FakeGateway
-) -> None:
-    message = start_message(instance_id="order-1")
-    claim = _ahead_of(handler, message, Begin.NEW)
-    assert [c[0] for c in gateway.calls] == ["get_state"]
-    events = handler.handle(message, claim)
-    assert [c[0] for c in gateway.calls] == ["get_state", "start"]  # no second read
-    assert [e.event.event for e in events] == [EventType.STARTED]
-
-
-def test_a_new_claim_still_refuses_a_finished_instance_the_read_beside_it_saw(
-    handler: StartHandler, gateway: FakeGateway
-) -> None:
-    gateway.states["order-1"] = state("order-1", "COMPLETED")
-    message = start_message(instance_id="order-1")
-    with pytest.raises(Rejected, match="already finished"):
-        handler.handle(message, _ahead_of(handler, message, Begin.NEW))
-    assert gateway.mutations() == []
-
-
-def test_a_taken_over_claim_reads_again_after_it(
-    handler: StartHandler, gateway: FakeGateway
-) -> None:
-    message = start_message(instance_id="order-1")
-    claim = _ahead_of(handler, message, Begin.TAKEN_OVER)  # read: nothing there yet
-    # ...then the earlier delivery's start lands, and its instance finishes.
-    gateway.states["order-1"] = replace(
-        state("order-1", "COMPLETED"), origin=Origin("tests", "msg-1")
-    )
-    events = handler.handle(message, claim)
-    assert [c[0] for c in gateway.calls] == ["get_state", "get_state"]
-    assert gateway.mutations() == []  # recognised as its own, not started again
-    assert [e.event.event for e in events] == [EventType.STARTED]
-
-
-def test_a_failed_read_beside_the_claim_is_made_again(
-    handler: StartHandler, gateway: FakeGateway
-) -> None:
-    message = start_message(instance_id="order-1")
-    failing: Future[Any] = Future()
-    failing.set_exception(Transient("sidecar busy"))
-    handler.handle(message, Claim(Begin.NEW, "key", ahead=failing))
-    assert [c[0] for c in gateway.calls] == ["get_state", "start"]
-
-
-def test_an_invalid_message_reads_nothing_beside_its_claim(
-    handler: StartHandler, gateway: FakeGateway
-) -> None:
-    assert handler.look_ahead(start_message(workflow="not_allowed")) is None
-    assert handler.look_ahead(inbound(b"not json", topic="workflow.start")) is None
-    assert gateway.calls == []
-    with pytest.raises(Rejected, match="not allowed"):
-        handler.handle(
-            start_message(workflow="not_allowed"),
-            _ahead_of(handler, start_message(workflow="not_allowed"), Begin.NEW),
-        )

@@ -6,15 +6,13 @@ status events out -> record -> success, retry or drop.
 
 from __future__ import annotations
 
-import contextvars
 import json
 import logging
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from cloudevents.sdk.event import v1
 from dapr.clients.grpc._response import TopicEventResponse
@@ -58,14 +56,6 @@ class TopicHandler(Protocol):
     def handle(self, message: Inbound, claim: Claim) -> list[Outbound]:
         """Do the message's work once. Raise `Rejected` or `Transient` when it cannot."""
         ...
-
-
-class LooksAhead(Protocol):
-    """A handler that may start a read it will need while the message's claim is being
-    taken (the read only: nothing is done before the claim is held). The pipeline hands the
-    result over as `Claim.ahead`; the handler uses it only for a NEW claim."""
-
-    def look_ahead(self, message: Inbound) -> object: ...
 
 
 class InFlight:
@@ -125,13 +115,11 @@ class Pipeline:
         grace_seconds: float = 0.0,
         ready: threading.Event | None = None,
         instruments: Instruments = NO_INSTRUMENTS,
-        look_ahead_threads: int = 0,
     ) -> None:
         """``parking``/``grace_seconds``: where a message for an instance that does not exist
         yet waits, and for how long (see `worker.parking`). ``ready``: set once the worker
         can act on messages (its workflow runtime is connected). ``instruments``: told what
-        becomes of each message (`worker.instruments`). ``look_ahead_threads``: threads that
-        run a handler's look-ahead read beside the claim (0: none, the read comes after)."""
+        becomes of each message (`worker.instruments`)."""
         self._store = store
         self._publisher = publisher
         self._max_bytes = max_message_bytes
@@ -143,11 +131,6 @@ class Pipeline:
         self._attempts: OrderedDict[str, int] = OrderedDict()
         self._lock = threading.Lock()
         self.in_flight = InFlight()
-        self._ahead = (
-            ThreadPoolExecutor(look_ahead_threads, thread_name_prefix="look-ahead")
-            if look_ahead_threads > 0
-            else None
-        )
 
     def __call__(self, topic: str, handler: TopicHandler, event: v1.Event) -> TopicEventResponse:
         self._instruments.message_received(topic)
@@ -199,25 +182,10 @@ class Pipeline:
         self._instruments.message_handled(topic, Outcome.RETRY, reason, seconds)
         return TopicEventResponse("retry")
 
-    def close(self) -> None:
-        """Stop the look-ahead threads (their reads in flight finish on their own)."""
-        if self._ahead is not None:
-            self._ahead.shutdown(wait=False)
-
-    def _look_ahead(self, handler: TopicHandler, message: Inbound) -> Future[Any] | None:
-        """Start ``handler``'s look-ahead read (if it has one) in the handling's context (its
-        trace, its log fields), to run while the claim is being taken."""
-        look = getattr(handler, "look_ahead", None)
-        if self._ahead is None or look is None:
-            return None
-        return self._ahead.submit(contextvars.copy_context().run, look, message)
-
     def _run(self, handler: TopicHandler, message: Inbound) -> Verdict:
         key = message_key(message.topic, message.source, message.message_id)
-        ahead = self._look_ahead(handler, message)
         try:
             claim = self._store.begin(key)
-            claim.ahead = ahead
             if claim.outcome is Begin.DONE:
                 log.info(
                     "duplicate %s: republishing its %d event(s)",

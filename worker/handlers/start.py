@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from worker import traces
@@ -12,7 +11,7 @@ from worker.events import EventType, as_utc, now
 from worker.gateway import InstanceState, WorkflowGateway
 from worker.handlers.inbound import Inbound, parse
 from worker.handlers.report import report
-from worker.idempotency import Begin, Claim
+from worker.idempotency import Claim
 from worker.messages import StartWorkflow
 from worker.origin import Origin
 from worker.outcomes import RejectCode, Rejected, Transient
@@ -46,34 +45,12 @@ def derived_instance_id(workflow: str, message: Inbound) -> str:
     return f"{workflow}-{digest}"
 
 
-@dataclass(frozen=True)
-class _Ahead:
-    """What `StartHandler.look_ahead` read."""
-
-    request: StartWorkflow
-    instance_id: str
-    existing: InstanceState | None
-
-
-def _looked_ahead(claim: Claim) -> _Ahead | None:
-    """The look-ahead's answer, when it may stand in for a read after the claim: the claim
-    is NEW, and the read succeeded (else the handler reads again, in order)."""
-    if claim.outcome is not Begin.NEW or claim.ahead is None:
-        return None
-    try:
-        found = claim.ahead.result()
-    except Exception:  # a failed read (Transient, ...): read again after the claim
-        return None
-    return found if isinstance(found, _Ahead) else None
-
-
 class StartHandler:
     def __init__(self, gateway: WorkflowGateway, allowed: Collection[str]) -> None:
         self._gateway = gateway
         self._allowed = allowed
 
-    def _request(self, message: Inbound) -> tuple[StartWorkflow, str]:
-        """The start ``message`` asks for, and the instance id it names."""
+    def handle(self, message: Inbound, claim: Claim) -> list[Outbound]:
         request: StartWorkflow = parse(message, StartWorkflow)
         if request.workflow not in self._allowed:
             raise Rejected(
@@ -81,25 +58,8 @@ class StartHandler:
                 f"{', '.join(sorted(self._allowed)) or 'none'}",
                 code=RejectCode.UNKNOWN_WORKFLOW,
             )
-        return request, request.instance_id or derived_instance_id(request.workflow, message)
-
-    def look_ahead(self, message: Inbound) -> _Ahead | None:
-        """The existence check, made while the pipeline takes the message's claim (a read
-        only). Its answer is used for a NEW claim: then no delivery of this message has acted
-        on it, so a read made beside the claim sees what a read made after it would."""
-        try:
-            request, instance_id = self._request(message)
-        except Rejected:
-            return None  # handle() says so
-        return _Ahead(request, instance_id, self._gateway.get_state(instance_id, payloads=True))
-
-    def handle(self, message: Inbound, claim: Claim) -> list[Outbound]:
-        ahead = _looked_ahead(claim)
-        if ahead is not None:
-            request, instance_id, existing = ahead.request, ahead.instance_id, ahead.existing
-        else:
-            request, instance_id = self._request(message)
-            existing = self._gateway.get_state(instance_id, payloads=True)
+        instance_id = request.instance_id or derived_instance_id(request.workflow, message)
+        existing = self._gateway.get_state(instance_id, payloads=True)
         if existing is not None and self._ours(existing, message, request, instance_id):
             # An earlier delivery started it and its answer was lost: report again.
             return self._reports(message, request, instance_id, existing.created_at)
