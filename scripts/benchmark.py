@@ -123,7 +123,6 @@ class Host:
             "PYTHONPATH": str(devstack.PROJECT),
             "PYTHONUNBUFFERED": "1",
             "WORKER_LOG_LEVEL": "WARNING",
-            **devstack.PROFILE_ENV[profile],  # as scripts/run.sh runs that profile
             **WORKER_ENV,
         }
         self.zipkin_port = 0

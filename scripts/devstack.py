@@ -28,13 +28,6 @@ PROJECT = Path(__file__).resolve().parent.parent
 COMPONENTS = PROJECT / "components"
 # The sidecars' Configuration: a name resolution that sends nothing off the machine (README).
 CONFIG = COMPONENTS / "config.yaml"
-# What each profile sets for the worker beyond the defaults, as dapr.yaml does for
-# `scripts/run.sh` (a unit test keeps the two in step): the embedded default keeps its
-# idempotency records in the sidecar's memory (components/default/idempotency.yaml).
-PROFILE_ENV: dict[str, dict[str, str]] = {
-    "default": {"WORKER_IDEMPOTENCY_STORE": "idempotency"},
-    "redis": {},
-}
 
 
 def dapr_bin(name: str) -> Path:

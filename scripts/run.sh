@@ -44,12 +44,8 @@ done
 if [ "$profile" = default ] && [ "$PLACEMENT_PORT" = 50005 ] && [ "$SCHEDULER_PORT" = 50006 ]; then
   dapr run -f . &
 else
-  # Same run file, other ports or profile: a generated copy with absolute paths. The shared
-  # profile keeps its idempotency records in Redis: no WORKER_IDEMPOTENCY_STORE there.
-  records=""
-  [ "$profile" = redis ] && records="/WORKER_IDEMPOTENCY_STORE: /d"
+  # Same run file, other ports or profile: a generated copy with absolute paths.
   sed -e "s#localhost:50005#localhost:$PLACEMENT_PORT#; s#localhost:50006#localhost:$SCHEDULER_PORT#" \
-      -e "$records" \
       -e "s#resourcesPath: ./components/default#resourcesPath: $project/.data/components-$profile#" \
       -e "s#appDirPath: .\$#appDirPath: $project#" dapr.yaml >.data/dapr.yaml
   mkdir -p ".data/components-$profile"

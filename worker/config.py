@@ -64,15 +64,7 @@ class Settings(BaseSettings):
         default=None, description="Rejected messages are moved here when set."
     )
     state_store: str = Field(
-        default="statestore",
-        description="State store for the worker's records (parked messages, the watch's "
-        "inventory, expectations) and, unless idempotency_store is set, idempotency records.",
-    )
-    idempotency_store: str | None = Field(
-        default=None,
-        description="State store for the idempotency records (claims and done records); "
-        "default: state_store. The embedded profile uses a store of its own in the sidecar's "
-        "memory (components/default/idempotency.yaml; see README, What is guaranteed).",
+        default="statestore", description="State store for idempotency records."
     )
     idempotency_ttl_seconds: int = Field(
         default=7 * 24 * 3600, ge=60, description="How long a handled message is remembered."
@@ -228,11 +220,6 @@ class Settings(BaseSettings):
     sdk_log_level: str = Field(
         default="WARNING", description="Log level of the Dapr SDK's workflow client and runtime."
     )
-
-    @property
-    def records_store(self) -> str:
-        """The state store that holds claims and done records."""
-        return self.idempotency_store or self.state_store
 
     @model_validator(mode="after")
     def _lease_outlives_sweeps(self) -> Settings:

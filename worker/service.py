@@ -144,7 +144,7 @@ class WorkerService:
         client = self._dapr if measure is NO_INSTRUMENTS else MeasuredClient(self._dapr, measure)
         publisher = StatusPublisher(client, s, measure)
         store = IdempotencyStore(
-            client, s.records_store, s.idempotency_ttl_seconds, s.claim_lease_seconds
+            client, s.state_store, s.idempotency_ttl_seconds, s.claim_lease_seconds
         )
 
         def start_handled(source: str, message_id: str) -> bool | None:

@@ -340,7 +340,6 @@ def start_worker(
             f"WORKER_{t.upper()}_TOPIC": f"{topic_prefix}workflow.{t}"
             for t in ("start", "approval", "control", "status")
         },
-        **devstack.PROFILE_ENV[profile],  # as scripts/run.sh runs that profile
         **(env or {}),
     }
     proc = stack.start_worker(

@@ -167,15 +167,3 @@ def test_explicit_worker_app_port_wins_over_dapr_run_app_port(
     monkeypatch.setenv("APP_PORT", "6001")
     monkeypatch.setenv("WORKER_APP_PORT", "6002")
     assert Settings().app_port == 6002
-
-
-def test_idempotency_records_go_to_the_state_store_unless_a_store_of_their_own_is_set(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    assert Settings().idempotency_store is None
-    assert Settings().records_store == "statestore"
-    assert Settings(state_store="shared").records_store == "shared"
-    monkeypatch.setenv("WORKER_IDEMPOTENCY_STORE", "idempotency")
-    settings = load_settings()
-    assert settings.records_store == "idempotency"
-    assert settings.state_store == "statestore"  # the other records stay where they were
