@@ -20,11 +20,12 @@ from google.protobuf import timestamp_pb2
 from tests.status_contract import schema_errors
 from tests.unit.fakes import FakeClock, FakePublishClient, HookedStateClient
 from worker.config import Settings
+from worker.events import EventType, StatusEvent, now
 from worker.expectations import Expectations, Notes, run_of
 from worker.gateway import InstanceState, WorkflowGateway
 from worker.origin import Origin
 from worker.outcomes import Missing
-from worker.publisher import StatusPublisher
+from worker.publisher import Outbound, StatusPublisher
 from worker.watch import records as records_module
 from worker.watch import watcher as watcher_module
 from worker.watch.records import Records
@@ -850,6 +851,86 @@ def test_a_worker_start_purged_before_the_next_sweep_is_still_published(rig: Rig
     watcher.sweep()
     assert rig.events() == ["purged"]  # once
     assert records.known() == {}
+
+
+def test_a_start_the_worker_reported_and_saw_finish_costs_the_sweep_no_read(rig: Rig) -> None:
+    """The worker's own start and completion are reported by its handler and workflow: the
+    sweeping replica takes both into its inventory and reads the instance for neither."""
+    watcher = rig.watcher(recheck_seconds=0)
+    watcher.sweep()  # takes the lease; nothing exists yet
+    rig.set(instance(origin=WORKER))
+    watcher.started_by_worker(ID)
+    publisher = StatusPublisher(FakePublishClient(), Settings(app_id="worker"))
+    publisher.listeners.append(watcher.published)
+    publisher.publish(Outbound("done", _reported(EventType.COMPLETED, "COMPLETED")))
+    rig.set(instance("COMPLETED", updated=at(5), origin=WORKER))
+    watcher.sweep()
+    watcher.sweep()
+    assert rig.gateway.count("get_state") == 0
+    assert watcher.inventory() == ({"COMPLETED": 1}, 0)
+    assert rig.pubsub.calls == []
+
+
+def test_a_start_the_worker_reported_waits_for_its_re_check(rig: Rig) -> None:
+    watcher = rig.watcher(recheck_seconds=60)
+    watcher.sweep()
+    rig.set(instance(origin=WORKER))
+    watcher.started_by_worker(ID)
+    watcher.sweep()  # not a new id (the hook told of it) and not due yet: no read
+    assert rig.gateway.count("get_state") == 0
+    assert watcher.inventory() == ({"RUNNING": 1}, 0)
+
+
+def test_a_start_the_worker_reported_is_still_re_checked_while_it_runs(rig: Rig) -> None:
+    watcher = rig.watcher(recheck_seconds=0)
+    watcher.sweep()
+    rig.set(instance(origin=WORKER))
+    watcher.started_by_worker(ID)
+    rig.set(instance("TERMINATED", updated=at(5), origin=WORKER))  # by someone else
+    watcher.sweep()  # a re-check is due at once (recheck_seconds=0)
+    assert rig.events() == ["terminated"]
+    assert watcher.inventory() == ({"TERMINATED": 1}, 0)
+
+
+def test_a_stalled_instance_the_worker_saw_finish_is_still_unstalled_by_the_sweep(
+    rig: Rig,
+) -> None:
+    began = ago(400)
+    rig.set(instance(created=began.replace(tzinfo=None), origin=WORKER))
+    rig.gateway.histories[ID] = [started(began), scheduled(began, 1)]
+    watcher = rig.watcher(stall_seconds=300, recheck_seconds=0)
+    watcher.sweep()  # takes stock
+    watcher.sweep()
+    assert rig.events() == ["stalled"]
+    done = ago(1)
+    rig.gateway.histories[ID].append(completed(done, 1))
+    rig.set(
+        instance(
+            "COMPLETED",
+            created=began.replace(tzinfo=None),
+            updated=done.replace(tzinfo=None),
+            origin=WORKER,
+        )
+    )
+    watcher.published(Outbound("done", _reported(EventType.COMPLETED, "COMPLETED")))
+    watcher.sweep()
+    assert rig.events() == ["stalled", "unstalled"]
+
+
+def test_statuses_the_worker_publishes_for_instances_it_does_not_know_are_ignored(
+    rig: Rig,
+) -> None:
+    watcher = rig.watcher()
+    watcher.sweep()
+    watcher.published(Outbound("x", _reported(EventType.COMPLETED, "COMPLETED")))
+    watcher.published(Outbound("y", _reported(EventType.REJECTED, "COMPLETED")))
+    assert watcher.inventory() == ({}, 0)
+
+
+def _reported(kind: EventType, status: str) -> StatusEvent:
+    return StatusEvent(
+        event=kind, instance_id=ID, workflow="approval_workflow", status=status, occurred_at=now()
+    )
 
 
 def test_a_resume_in_a_new_generation_is_still_published(rig: Rig) -> None:

@@ -37,6 +37,7 @@ class Watch:
             ),
         )
         hooked = hook.install(parts.runtime, self.watcher.hint, self.watcher.started_by_worker)
+        parts.publisher.listeners.append(self.watcher.published)
         self._thread = threading.Thread(
             target=self.watcher.run, args=(parts.stopping,), name="watch", daemon=True
         )

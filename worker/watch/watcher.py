@@ -51,6 +51,19 @@ _BEHIND_TRIES = 40  # x the batch pause: two seconds
 _GOING_ON = frozenset({"RUNNING", "SUSPENDED"})
 
 
+# Events whose status is the instance's runtime status once they are published.
+_REPORTED_STATUS = frozenset(
+    {
+        EventType.STARTED,
+        EventType.SUSPENDED,
+        EventType.RESUMED,
+        EventType.COMPLETED,
+        EventType.FAILED,
+        EventType.TERMINATED,
+    }
+)
+
+
 @dataclass(frozen=True)
 class WatchSettings:
     sweep_seconds: float = 5.0
@@ -121,6 +134,25 @@ class Watcher:
             known = self._known
             if known is not None and instance_id not in known:
                 known[instance_id] = "RUNNING"
+                self._known_dirty = True
+                # Its start is reported by its handler: the sweep looks again only when a
+                # re-check is due (`published` may make even that unneeded).
+                self._checked_at[instance_id] = time.monotonic()
+
+    def published(self, outbound: Outbound) -> None:
+        """The worker published ``outbound`` (its handlers, its workflows' reports, this
+        watch): a sweeping replica takes the status it reports into its inventory, so an
+        instance the worker saw finish needs no check of its own."""
+        event = outbound.event
+        if event.event not in _REPORTED_STATUS or event.instance_id is None:
+            return
+        with self._known_lock:
+            if event.instance_id in self._stalled:
+                return  # reported stalled: the next check must see it move (`unstalled`)
+            known = self._known
+            before = known.get(event.instance_id) if known is not None else None
+            if known is not None and event.status and before not in (None, event.status):
+                known[event.instance_id] = event.status
                 self._known_dirty = True
 
     def hint(self, instance_id: str, raised: Iterable[datetime] = ()) -> None:
