@@ -5,6 +5,7 @@ and expires; notes from concurrent writers are all kept."""
 from __future__ import annotations
 
 import threading
+from datetime import datetime
 from typing import Any
 
 import grpc
@@ -13,7 +14,7 @@ from dapr.clients.grpc._state import StateOptions
 
 from tests.unit.fakes import FakeClock, FakeRpcError, HookedStateClient
 from worker import expectations
-from worker.expectations import Expectations
+from worker.expectations import Expectations, Notes, noted_run, run_of
 from worker.outcomes import Transient
 
 STORE = "statestore"
@@ -248,3 +249,14 @@ def test_concurrent_notes_lose_nothing() -> None:
     written = store.items[KEY][1]
     attempts = sum(1 for save in store.saves if save.key == KEY)
     assert attempts - written >= threads - 1, "the writes did collide (and were retried)"
+
+
+def test_a_raise_into_an_instance_that_has_not_run_yet_is_noted_for_every_run() -> None:
+    """The sidecar shows a PENDING instance's creation time as zero; the watch sees the real
+    one later: a raise noted under the zero time would be taken for somebody else's."""
+    zero = datetime(1970, 1, 1)
+    real = datetime(2026, 11, 30, 9, 0, 0, 123456)
+    assert noted_run(zero) == noted_run(None) == ""
+    assert noted_run(real) == run_of(real) == "2026-11-30T09:00:00.123456+00:00"
+    notes = Notes(raised={noted_run(zero): {"approval_decision": 1}})
+    assert notes.raised_in(run_of(real)) == {"approval_decision": 1}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from worker.events import EventType, now
-from worker.expectations import Expectations, run_of
+from worker.expectations import Expectations, noted_run
 from worker.gateway import WorkflowGateway
 from worker.handlers.inbound import Inbound, parse
 from worker.handlers.report import report
@@ -34,7 +34,7 @@ class ApprovalHandler:
                 workflow=state.workflow,
             )
         at = now()
-        run = run_of(state.created_at)
+        run = noted_run(state.created_at)
         if self._notes is not None:
             self._notes.expect_raise(request.instance_id, request.event_name, run)
         try:
