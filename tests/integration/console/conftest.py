@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,7 @@ import httpx
 import pytest
 
 from scripts import devstack
-from tests.integration.conftest import Observer, Worker, start_worker
+from tests.integration.conftest import Observer, Worker, start_worker, unique
 
 OPERATOR_TOKEN = "console-operator-token-for-tests"
 VIEWER_TOKEN = "console-viewer-token-for-tests"
@@ -36,6 +37,32 @@ class ConsoleWorker:
 
     def log(self) -> str:
         return self.worker.proc.log.read_text(errors="replace")
+
+    def start(
+        self, workflow: str, instance_id: str, data: Any = None, key: str | None = None
+    ) -> Any:
+        """Start ``instance_id`` through the API as the operator (Idempotency-Key ``key``, a
+        new one by default); its answer."""
+        body: dict[str, Any] = {"workflow": workflow, "instance_id": instance_id}
+        if data is not None:
+            body["input"] = data
+        headers = {"Idempotency-Key": key or f"it-{uuid.uuid4().hex}"}
+        answer = self.operator.post("/api/instances", json=body, headers=headers)
+        assert answer.status_code == 201, answer.text
+        return answer.json()
+
+    def purge_candidates(self, prefix: str) -> tuple[list[str], str, str]:
+        """For a bulk purge by ``prefix``: three finished instances under it, one still
+        running under it, and one finished elsewhere; all listed by the console."""
+        done = [f"{prefix}-done-{n}" for n in range(3)]
+        running, other = f"{prefix}-running", unique("keep")
+        for instance_id in done:
+            self.start("greeting_workflow", instance_id, "x")
+        self.start("waiting_workflow", running)
+        self.start("greeting_workflow", other, "x")
+        for instance_id in [*done, other]:
+            self.wait_listed(instance_id, "COMPLETED")
+        return done, running, other
 
     def wait_listed(
         self, instance_id: str, status: str | None = None, timeout: float = 60

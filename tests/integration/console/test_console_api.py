@@ -21,15 +21,6 @@ def key() -> str:
     return f"it-{uuid.uuid4().hex}"
 
 
-def start(console: ConsoleWorker, workflow: str, instance_id: str, data: Any = None) -> Any:
-    body: dict[str, Any] = {"workflow": workflow, "instance_id": instance_id}
-    if data is not None:
-        body["input"] = data
-    answer = console.operator.post("/api/instances", json=body, headers={"Idempotency-Key": key()})
-    assert answer.status_code == 201, answer.text
-    return answer.json()
-
-
 def on_topic(observer: Observer, event_id: str) -> dict[str, Any]:
     """The status event with CloudEvent id ``event_id`` as a consumer of the topic got it."""
     found = observer.wait_for(
@@ -41,12 +32,12 @@ def on_topic(observer: Observer, event_id: str) -> dict[str, Any]:
 
 def test_start_list_filter_and_history(console: ConsoleWorker, observer: Observer) -> None:
     done, waiting = unique("api-greet"), unique("api-wait")
-    result = start(console, "greeting_workflow", done, "ana")
+    result = console.start("greeting_workflow", done, "ana")
     assert result["outcome"] == "done" and result["instance_id"] == done
     started = result["events"][0]
     assert started["data"]["event"] == "started"
     assert on_topic(observer, started["id"])["correlation_id"] == result["message_id"]
-    start(console, "waiting_workflow", waiting)
+    console.start("waiting_workflow", waiting)
     console.wait_listed(done, "COMPLETED")
     console.wait_listed(waiting, "RUNNING")
 
@@ -84,7 +75,7 @@ def test_suspend_resume_raise_terminate_purge_and_idempotency(
     console: ConsoleWorker, observer: Observer
 ) -> None:
     instance_id = unique("api-ctl")
-    start(console, "waiting_workflow", instance_id)
+    console.start("waiting_workflow", instance_id)
     console.wait_listed(instance_id, "RUNNING")
     same = {"Idempotency-Key": key()}
     first = console.operator.post(
@@ -129,7 +120,7 @@ def test_suspend_resume_raise_terminate_purge_and_idempotency(
 
 def test_terminate_with_a_reason(console: ConsoleWorker, observer: Observer) -> None:
     instance_id = unique("api-term")
-    start(console, "waiting_workflow", instance_id)
+    console.start("waiting_workflow", instance_id)
     answer = console.operator.post(
         f"/api/instances/{instance_id}/terminate", json={"reason": "stuck"}
     )
@@ -181,8 +172,8 @@ def test_every_rejection_is_a_4xx_with_its_reason_and_a_rejected_event(
 @pytest.fixture(scope="module")
 def finished_and_running(console: ConsoleWorker) -> tuple[str, str]:
     finished, running = unique("rej-done"), unique("rej-run")
-    start(console, "greeting_workflow", finished, "x")
-    start(console, "waiting_workflow", running)
+    console.start("greeting_workflow", finished, "x")
+    console.start("waiting_workflow", running)
     console.worker.wait_status(finished, {"COMPLETED"})
     console.worker.wait_status(running, {"RUNNING"})
     return finished, running
@@ -204,17 +195,9 @@ def test_refusals_before_the_line(console: ConsoleWorker) -> None:
 
 
 def test_bulk_purge_removes_only_what_it_should(console: ConsoleWorker) -> None:
-    tag = uuid.uuid4().hex[:6]
-    done = [f"bulk-{tag}-done-{n}" for n in range(3)]
-    running = f"bulk-{tag}-running"
-    other = unique("bulk-other")
-    for instance_id in done:
-        start(console, "greeting_workflow", instance_id, "x")
-    start(console, "waiting_workflow", running)
-    start(console, "greeting_workflow", other, "x")
-    for instance_id in [*done, other]:
-        console.wait_listed(instance_id, "COMPLETED")
-    body = {"action": "purge", "filter": {"q": f"bulk-{tag}-"}}
+    prefix = f"bulk-{uuid.uuid4().hex[:6]}"
+    done, running, other = console.purge_candidates(prefix)
+    body = {"action": "purge", "filter": {"q": f"{prefix}-"}}
     preview = console.operator.post("/api/bulk", params={"dry_run": "true"}, json=body)
     assert sorted(preview.json()["instance_ids"]) == sorted(done)
     job = console.operator.post("/api/bulk", json=body).json()
@@ -240,7 +223,7 @@ def test_server_sent_events_carry_status_events(console: ConsoleWorker) -> None:
     with httpx.Client(base_url=console.url, timeout=30) as streaming:
         headers = {"Authorization": console.viewer.headers["Authorization"]}
         with streaming.stream("GET", "/api/events", headers=headers) as stream:
-            start(console, "greeting_workflow", instance_id, "x")
+            console.start("greeting_workflow", instance_id, "x")
             deadline = time.monotonic() + 30
             for line in stream.iter_lines():
                 if line.startswith("data:") and instance_id in line:

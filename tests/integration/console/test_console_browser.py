@@ -126,14 +126,6 @@ def screenshot(driver: WebDriver, name: str, tmp_path: Path, height: int = 1000)
         shutil.copy(tmp_path / name, Path(wanted) / name)
 
 
-def start(console: ConsoleWorker, workflow: str, instance_id: str, data: Any = None) -> None:
-    body: dict[str, Any] = {"workflow": workflow, "instance_id": instance_id}
-    if data is not None:
-        body["input"] = data
-    answer = console.operator.post("/api/instances", json=body)
-    assert answer.status_code == 201, answer.text
-
-
 def test_the_list_fills_and_a_filter_narrows_it(
     browser: WebDriver, console: ConsoleWorker, tmp_path: Path
 ) -> None:
@@ -141,9 +133,9 @@ def test_the_list_fills_and_a_filter_narrows_it(
     done = [f"{tag}-paid-{n}" for n in range(3)]
     waiting = [f"{tag}-open-{n}" for n in range(2)]
     for instance_id in done:
-        start(console, "greeting_workflow", instance_id, "customer")
+        console.start("greeting_workflow", instance_id, "customer")
     for instance_id in waiting:
-        start(console, "approval_workflow", instance_id, {"order_id": instance_id, "amount": 5000})
+        console.start("approval_workflow", instance_id, {"order_id": instance_id, "amount": 5000})
     for instance_id in done:
         console.wait_listed(instance_id, "COMPLETED")
     sign_in(browser, console, OPERATOR_TOKEN)
@@ -182,7 +174,7 @@ def test_the_instance_page_timeline_and_its_buttons(
     browser: WebDriver, console: ConsoleWorker, observer: Observer, tmp_path: Path
 ) -> None:
     instance_id = unique("order")
-    start(console, "approval_workflow", instance_id, {"order_id": instance_id, "amount": 5000})
+    console.start("approval_workflow", instance_id, {"order_id": instance_id, "amount": 5000})
     console.wait_listed(instance_id, "RUNNING")
     sign_in(browser, console, OPERATOR_TOKEN, f"/instances/{instance_id}")
     assert browser.find_element(By.ID, "status").text == "RUNNING"
@@ -279,15 +271,7 @@ def test_start_checks_the_json_before_sending(browser: WebDriver, console: Conso
 
 def test_bulk_purge_removes_only_what_it_should(browser: WebDriver, console: ConsoleWorker) -> None:
     tag = f"purge-{uuid.uuid4().hex[:5]}"
-    done = [f"{tag}-done-{n}" for n in range(3)]
-    running = f"{tag}-running"
-    other = unique("keep")
-    for instance_id in done:
-        start(console, "greeting_workflow", instance_id, "x")
-    start(console, "waiting_workflow", running)
-    start(console, "greeting_workflow", other, "x")
-    for instance_id in [*done, other]:
-        console.wait_listed(instance_id, "COMPLETED")
+    done, running, other = console.purge_candidates(tag)
     sign_in(browser, console, OPERATOR_TOKEN, f"/?q={tag}")
     wait(browser, "the list", lambda d: set(rows(d)) == {*done, running})
     browser.find_element(By.ID, "bulk-purge").click()
@@ -305,7 +289,7 @@ def test_bulk_purge_removes_only_what_it_should(browser: WebDriver, console: Con
 
 def test_a_viewer_cannot_act(browser: WebDriver, console: ConsoleWorker) -> None:
     instance_id = unique("viewed")
-    start(console, "waiting_workflow", instance_id)
+    console.start("waiting_workflow", instance_id)
     console.wait_listed(instance_id, "RUNNING")
     sign_in(browser, console, VIEWER_TOKEN, f"/instances/{instance_id}")
     assert browser.find_element(By.ID, "status").text == "RUNNING"
