@@ -11,7 +11,6 @@ Each call is a CLIENT span of the current trace (`worker.traces`).
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,7 +27,7 @@ from dapr.ext.workflow._durabletask.internal.shared import to_json
 from google.protobuf import timestamp_pb2, wrappers_pb2
 
 from worker import traces
-from worker.instruments import NO_INSTRUMENTS, Instruments, call_result
+from worker.instruments import NO_INSTRUMENTS, Instruments, timed
 from worker.logcontext import sdk_logger_options
 from worker.origin import Origin, unwrap
 from worker.outcomes import Missing, Transient, raise_classified
@@ -137,24 +136,14 @@ class WorkflowGateway:
                 traces.INSTANCE_ID: instance_id,
             },
         )
-        began = time.perf_counter()
-        failure: BaseException | None = None
         try:
-            return fn()
+            with timed(self._instruments, operation):  # measures the call as it failed
+                return fn()
         except grpc.RpcError as error:
-            failure = error
             raise_classified(error, doing, instance_id)
             raise  # unreachable: raise_classified always raises
         except TimeoutError as error:
-            failure = error
             raise Transient(f"{doing}: timed out") from error
-        except BaseException as error:
-            failure = error
-            raise
-        finally:
-            self._instruments.sidecar_call(
-                operation, call_result(failure), time.perf_counter() - began
-            )
 
     def get_state(self, instance_id: str, *, payloads: bool = True) -> InstanceState | None:
         state = self._call(

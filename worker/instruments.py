@@ -10,6 +10,8 @@ message's content.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -87,6 +89,21 @@ def call_result(error: BaseException | None) -> str:
     return "error"
 
 
+@contextmanager
+def timed(instruments: Instruments, operation: str) -> Iterator[None]:
+    """Report the sidecar call made inside, with its result (`call_result` of what it
+    raised) and duration."""
+    began = time.perf_counter()
+    failure: BaseException | None = None
+    try:
+        yield
+    except BaseException as error:
+        failure = error
+        raise
+    finally:
+        instruments.sidecar_call(operation, call_result(failure), time.perf_counter() - began)
+
+
 class MeasuredClient:
     """A Dapr client whose state and publish calls are timed (operations state_save,
     state_get, state_delete, publish). Used only when metrics are on."""
@@ -96,17 +113,8 @@ class MeasuredClient:
         self._instruments = instruments
 
     def _timed(self, operation: str, method: str, *args: Any, **kwargs: Any) -> Any:
-        began = time.perf_counter()
-        error: BaseException | None = None
-        try:
+        with timed(self._instruments, operation):
             return getattr(self._client, method)(*args, **kwargs)
-        except BaseException as raised:
-            error = raised
-            raise
-        finally:
-            self._instruments.sidecar_call(
-                operation, call_result(error), time.perf_counter() - began
-            )
 
     def save_state(
         self, store_name: str, key: str, value: bytes | str, *args: Any, **kwargs: Any
