@@ -22,6 +22,16 @@ def as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+# A creation time before this is the sidecar's "not set" (a zero timestamp), shown for an
+# instance that has not run yet.
+NO_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def time_set(value: datetime | None) -> bool:
+    """Whether ``value`` is a real time, not missing nor the sidecar's zero."""
+    return value is not None and as_utc(value) >= NO_TIME
+
+
 UtcTime = Annotated[datetime, AfterValidator(as_utc)]
 """A time that is always published as RFC 3339 with an offset (``...+00:00``)."""
 

@@ -29,13 +29,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import grpc
 from dapr.clients.grpc._state import Concurrency, StateOptions
 
-from worker.events import as_utc
+from worker.events import as_utc, time_set
 from worker.idempotency import StateClient
 from worker.outcomes import Transient
 
@@ -46,11 +46,6 @@ _TRIES = 20
 _ANY_RUN = ""  # raises noted without a run: they count in every run
 
 
-# Before this, a creation time is the sidecar's "not set" (zero), shown for an instance that
-# has not run yet.
-_NO_TIME = datetime(2000, 1, 1, tzinfo=UTC)
-
-
 def run_of(created_at: datetime | None) -> str:
     """The run of an instance created at ``created_at``, as notes and the watch name it."""
     return as_utc(created_at).isoformat() if created_at is not None else ""
@@ -59,7 +54,7 @@ def run_of(created_at: datetime | None) -> str:
 def noted_run(created_at: datetime | None) -> str:
     """The run a handler notes a raise under: `run_of`, or every run while the sidecar shows
     no creation time yet (an instance that has not run: the watch will see its real one)."""
-    if created_at is None or as_utc(created_at) < _NO_TIME:
+    if not time_set(created_at):
         return _ANY_RUN
     return run_of(created_at)
 

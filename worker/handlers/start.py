@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from worker import traces
-from worker.events import EventType, as_utc, now
+from worker.events import EventType, as_utc, now, time_set
 from worker.gateway import InstanceState, WorkflowGateway
 from worker.handlers.inbound import Inbound, parse
 from worker.handlers.report import report
@@ -19,8 +19,6 @@ from worker.publisher import Outbound
 
 # A PENDING instance this young may be one a timed-out start of this message created.
 _UNDECIDED_FOR = timedelta(seconds=60)
-# Before this, a creation time is the sidecar's "not set" (a zero timestamp), not a time.
-_NO_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 def _undecided(state: InstanceState) -> bool:
@@ -33,7 +31,7 @@ def _undecided(state: InstanceState) -> bool:
     if created is None:
         return True
     created = as_utc(created)
-    return created < _NO_TIME or now() - created < _UNDECIDED_FOR
+    return not time_set(created) or now() - created < _UNDECIDED_FOR
 
 
 _ID_NAMESPACE = uuid.UUID("0b7e4b8c-2f33-4c52-8a1d-6d1f7e0c9a41")
@@ -143,7 +141,7 @@ class StartHandler:
         """
         delayed = self._delayed(request)
         created = as_utc(created_at) if created_at is not None else now()
-        if created < _NO_TIME:  # the sidecar's "not set yet"
+        if not time_set(created):  # the sidecar's "not set yet"
             created = now()
         return [
             report(
