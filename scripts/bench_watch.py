@@ -328,7 +328,7 @@ def _one_at_a_time(components: Path) -> Path:
     ordered.mkdir(exist_ok=True)
     for source in components.glob("*.yaml"):
         text = source.read_text().replace(
-            '- name: concurrency\n      value: "16"', '- name: concurrency\n      value: "1"'
+            '- name: concurrency\n      value: "32"', '- name: concurrency\n      value: "1"'
         )
         (ordered / source.name).write_text(text)
     if 'value: "1"' not in (ordered / "pubsub.yaml").read_text():

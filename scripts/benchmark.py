@@ -40,7 +40,7 @@ from dapr.ext.workflow import DaprWorkflowClient
 
 from scripts import devstack
 
-CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "16"))  # = WORKER_MAX_CONCURRENCY
+CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "32"))  # = WORKER_MAX_CONCURRENCY
 APP_ID = "workflow-worker"
 # Settings for the worker under test beyond the defaults (--metrics adds its own).
 WORKER_ENV: dict[str, str] = {}
@@ -48,6 +48,8 @@ WORKER_ENV: dict[str, str] = {}
 TRACING = {"on": False}
 # --flame DIR: py-spy samples the worker's process during the worker phase of each run.
 FLAME: dict[str, Path | None] = {"dir": None}
+# --metrics: the worker's metrics page after each worker phase is kept in OUT.
+METRICS_DUMP: dict[str, Path | None] = {"dir": None}
 
 
 def _order(instance_id: str) -> dict[str, Any]:
@@ -171,6 +173,14 @@ class Host:
         )
         with urllib.request.urlopen(url, timeout=30) as response:
             return len(json.load(response))
+
+    def metrics_text(self) -> str:
+        """The worker's metrics page ("" when metrics are off)."""
+        if not self.metrics_port:
+            return ""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return str(response.read().decode())
 
     def messages_counted(self) -> float | None:
         """What the worker's metrics counted as handled (None: metrics off): a check that
@@ -442,6 +452,9 @@ def one_run(profile: str, n: int, workdir: Path, run: int = 0) -> dict[str, Any]
         svg = flame / f"flame-{profile}-{n}-run{run + 1}.svg" if flame is not None else None
         with sampled(host, svg):
             worker, ids = phase_worker(host, n)
+        if METRICS_DUMP["dir"] is not None and host.metrics_port:
+            page = METRICS_DUMP["dir"] / f"metrics-{profile}-{n}-run{run + 1}.prom"
+            page.write_text(host.metrics_text())
         flow = phase_flow(host, ids)
         pubsub = phase_pubsub(host, n)
         return {
@@ -605,6 +618,7 @@ def main(argv: list[str] | None = None) -> int:
         args.n, args.runs = [20], 1
     if args.metrics:
         WORKER_ENV["WORKER_METRICS_ENABLED"] = "true"
+        METRICS_DUMP["dir"] = args.out
     TRACING["on"] = args.tracing
     if args.flame is not None:
         args.flame.mkdir(parents=True, exist_ok=True)

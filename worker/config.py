@@ -64,7 +64,19 @@ class Settings(BaseSettings):
         default=None, description="Rejected messages are moved here when set."
     )
     state_store: str = Field(
-        default="statestore", description="State store for idempotency records."
+        default="statestore",
+        description="State store for the worker's durable state (the watch's records).",
+    )
+    idempotency_store: str | None = Field(
+        default=None,
+        description="State store for idempotency records, parked messages and the intake's "
+        "journal; default: the one named `idempotency` when the sidecar has it, else "
+        "state_store.",
+    )
+    accept_ahead: bool | None = Field(
+        default=None,
+        description="Answer a delivery once it is journaled and handle it after (worker.intake); "
+        "default: on when the pub/sub delivers one message at a time (in-memory).",
     )
     idempotency_ttl_seconds: int = Field(
         default=7 * 24 * 3600, ge=60, description="How long a handled message is remembered."
@@ -78,7 +90,10 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="Deadline of every call to the sidecar."
     )
     max_concurrency: int = Field(
-        default=16, ge=1, le=256, description="Messages handled at once (gRPC thread pool)."
+        default=32,
+        ge=1,
+        le=256,
+        description="Messages handled at once (gRPC thread pool, or the intake's lanes).",
     )
     max_transient_attempts: int = Field(
         default=50,

@@ -106,7 +106,7 @@ def timed(instruments: Instruments, operation: str) -> Iterator[None]:
 
 class MeasuredClient:
     """A Dapr client whose state and publish calls are timed (operations state_save,
-    state_get, state_delete, publish). Used only when metrics are on."""
+    state_get, state_delete, state_get_bulk, publish). Used only when metrics are on."""
 
     def __init__(self, client: Any, instruments: Instruments) -> None:
         self._client = client
@@ -126,6 +126,9 @@ class MeasuredClient:
 
     def delete_state(self, store_name: str, key: str, *args: Any, **kwargs: Any) -> Any:
         return self._timed("state_delete", "delete_state", store_name, key, *args, **kwargs)
+
+    def get_bulk_state(self, store_name: str, keys: Any, *args: Any, **kwargs: Any) -> Any:
+        return self._timed("state_get_bulk", "get_bulk_state", store_name, keys, *args, **kwargs)
 
     def publish_event(self, *args: Any, **kwargs: Any) -> Any:
         return self._timed("publish", "publish_event", *args, **kwargs)

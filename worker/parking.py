@@ -14,7 +14,6 @@ Keys: ``wfw|parked|<message key>`` holds the message; ``wfw|parked-index`` lists
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import threading
@@ -52,18 +51,7 @@ class ParkingLot:
 
     def park(self, message_key: str, message: Inbound, first_seen: float) -> None:
         """Keep ``message`` (first seen at ``first_seen``) until `unpark`."""
-        record = {
-            "topic": message.topic,
-            "source": message.source,
-            "message_id": message.message_id,
-            "content_type": message.content_type,
-            "type": message.event_type,
-            "data": base64.b64encode(message.data).decode(),
-            "first_seen": first_seen,
-        }
-        if message.traceparent:  # its retries continue the message's trace
-            record["traceparent"] = message.traceparent
-            record["tracestate"] = message.tracestate
+        record = message.seen_first_at(first_seen).to_record()
         try:
             self._client.save_state(
                 self._store, self._key(message_key), json.dumps(record), state_metadata=self._ttl
@@ -94,18 +82,7 @@ class ParkingLot:
             raise Transient(f"read parked message {message_key}: {error}") from error
         if not response.data:
             return None
-        record = json.loads(response.data)
-        return Inbound(
-            topic=record["topic"],
-            message_id=record["message_id"],
-            source=record["source"],
-            content_type=record["content_type"],
-            data=base64.b64decode(record["data"]),
-            first_seen=float(record["first_seen"]),
-            event_type=record.get("type", ""),
-            traceparent=str(record.get("traceparent") or ""),
-            tracestate=str(record.get("tracestate") or ""),
-        )
+        return Inbound.from_record(json.loads(response.data))
 
     def nudge(self) -> None:
         """Try the parked messages now (an instance may just have been started)."""

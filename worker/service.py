@@ -9,20 +9,16 @@ stop the runtime, stop the app.
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import socket
 import threading
 import time
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from dapr.clients import DaprClient
 from dapr.clients.grpc._response import TopicEventResponseStatus
-from dapr.conf import settings as dapr_settings
 from dapr.ext.grpc import App
 from dapr.ext.workflow import WorkflowRuntime
 
@@ -39,8 +35,10 @@ from worker.handlers.start import StartHandler
 from worker.hosting import build_runtime
 from worker.idempotency import IdempotencyStore, message_key
 from worker.instruments import NO_INSTRUMENTS, Instruments, MeasuredClient
+from worker.intake import Intake
 from worker.parking import ParkingLot
 from worker.publisher import StatusPublisher
+from worker.sidecar import SidecarFacts, accepts_ahead, read_facts, records_store
 
 log = logging.getLogger(__name__)
 
@@ -54,26 +52,6 @@ def _wait_for_port(port: int, deadline_seconds: float) -> None:
                 return
         time.sleep(0.05)
     raise TimeoutError(f"the gRPC app did not listen on port {port}")
-
-
-def _sidecar_probes_app() -> float | None:
-    """The sidecar's app-health probe interval in seconds, or None when it does not probe
-    (then its subscriptions are on from its start)."""
-    url = f"http://{dapr_settings.DAPR_RUNTIME_HOST}:{dapr_settings.DAPR_HTTP_PORT}/v1.0/metadata"
-    headers = (
-        {"dapr-api-token": dapr_settings.DAPR_API_TOKEN} if dapr_settings.DAPR_API_TOKEN else {}
-    )
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as r:
-            metadata = json.load(r)
-    except (OSError, ValueError) as error:
-        log.warning("could not read the sidecar's metadata (%s): assuming it probes", error)
-        return 5.0
-    health = (metadata.get("appConnectionProperties") or {}).get("health")
-    if not health:
-        return None
-    interval = re.fullmatch(r"(\d+(?:\.\d+)?)s", str(health.get("healthProbeInterval", "")))
-    return float(interval.group(1)) if interval else 5.0
 
 
 @dataclass(frozen=True)
@@ -92,6 +70,7 @@ class Parts:
     handlers: Mapping[str, TopicHandler] = field(default_factory=dict)
     workflows: Sequence[str] = ()
     acting: threading.Event | None = None
+    records_store: str = "statestore"  # where idempotency records live (worker.sidecar)
 
 
 class Addon(Protocol):
@@ -130,6 +109,8 @@ class WorkerService:
         self._dapr: DaprClient | None = None
         self._gateway: WorkflowGateway | None = None
         self._pipeline: Pipeline | None = None
+        self._intake: Intake | None = None
+        self._facts: SidecarFacts | None = None
 
     def start(self) -> None:
         s = self.settings
@@ -143,9 +124,9 @@ class WorkerService:
         # State and publish calls timed too, when something measures (no wrapper otherwise).
         client = self._dapr if measure is NO_INSTRUMENTS else MeasuredClient(self._dapr, measure)
         publisher = StatusPublisher(client, s, measure)
-        store = IdempotencyStore(
-            client, s.state_store, s.idempotency_ttl_seconds, s.claim_lease_seconds
-        )
+        self._facts = facts = read_facts()
+        records = records_store(s, facts)
+        store = IdempotencyStore(client, records, s.idempotency_ttl_seconds, s.claim_lease_seconds)
 
         def start_handled(source: str, message_id: str) -> bool | None:
             return store.handled(message_key(s.start_topic, source, message_id))
@@ -156,7 +137,7 @@ class WorkerService:
         allowed = registry.workflow_names
         if s.allowed_workflows is not None:
             allowed = s.allowed_workflows
-        parking = ParkingLot(client, s.state_store, s.idempotency_ttl_seconds)
+        parking = ParkingLot(client, records, s.idempotency_ttl_seconds)
         self._pipeline = Pipeline(
             store,
             publisher,
@@ -177,7 +158,31 @@ class WorkerService:
             s.approval_topic: ApprovalHandler(self._gateway, notes),
             s.control_topic: ControlHandler(self._gateway, notes),
         }
-        self._app = build_app(s, self._pipeline, handlers, self._healthy, self._extra_subscriptions)
+        accept = None
+        if accepts_ahead(s, facts):
+            self._intake = Intake(
+                self._pipeline,
+                handlers,
+                client,
+                records,
+                f"wfw|intake|{s.app_id}",
+                publisher,
+                lanes=s.max_concurrency,
+                slots=4 * s.max_concurrency,
+                ready=self._acting,
+                stopping=self._stopped,
+                instruments=measure,
+            )
+            self._intake.start()  # runs what a stopped process accepted and did not finish
+            accept = self._intake.accept
+        log.info(
+            "idempotency records in state store %r; deliveries %s",
+            records,
+            "accepted ahead (journaled, then handled)" if accept else "answered once handled",
+        )
+        self._app = build_app(
+            s, self._pipeline, handlers, self._healthy, self._extra_subscriptions, accept
+        )
         app = self._app
         self._server_thread = threading.Thread(
             target=app.run, args=(s.app_port,), name="grpc-app", daemon=True
@@ -196,6 +201,7 @@ class WorkerService:
             handlers=handlers,
             workflows=sorted(allowed),
             acting=self._acting,
+            records_store=records,
         )
         for addon in self._addons:
             addon.start(parts)
@@ -232,7 +238,7 @@ class WorkerService:
     def _wait_until_delivering(self) -> None:
         """Return once the sidecar delivers messages to this app. A sidecar that probes the
         app's health subscribes only after a healthy probe; one that does not, at its start."""
-        interval = _sidecar_probes_app()
+        interval = (self._facts or read_facts()).probe_interval
         if interval is None:
             return
         if not self._probed.wait(2 * interval + 5):
@@ -254,6 +260,8 @@ class WorkerService:
                     "shutdown: messages still in flight after %.0fs; they will be redelivered",
                     self.settings.shutdown_grace_seconds,
                 )
+        if self._intake is not None:  # what it accepted and did not run waits in its journal
+            self._intake.stop(self.settings.shutdown_grace_seconds)
         settle_until = None  # see Settings.stop_settle_seconds
         if self._runtime is not None:
             try:

@@ -295,7 +295,7 @@ def _sequential(components: Path) -> Path:
     ordered.mkdir(exist_ok=True)
     for source in components.glob("*.yaml"):
         text = source.read_text().replace(
-            '- name: concurrency\n      value: "16"', '- name: concurrency\n      value: "1"'
+            '- name: concurrency\n      value: "32"', '- name: concurrency\n      value: "1"'
         )
         (ordered / source.name).write_text(text)
     assert 'value: "1"' in (ordered / "pubsub.yaml").read_text()

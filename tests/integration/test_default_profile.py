@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from scripts import devstack
-from tests.integration.conftest import Worker, publish_plain, start_worker, unique
+from tests.integration.conftest import Worker, publish_plain, restart_worker, start_worker, unique
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +62,29 @@ def test_dapr_workflow_list_sees_the_worker(default_worker: Worker) -> None:
     )
     assert result.returncode == 0, result.stderr + result.stdout
     assert instance_id in result.stdout
+
+
+def test_messages_accepted_ahead_survive_a_worker_crash(stack: devstack.Stack) -> None:
+    """The in-memory pub/sub hands the worker one message at a time, so the worker answers
+    each once it is in its journal (in the sidecar's memory) and starts it after. Killed with
+    messages accepted and not yet run, the worker runs them when it comes back: none is lost
+    for having been answered early."""
+    crashing = start_worker(stack, "crash-worker", profile="default")
+    try:
+        ids = [unique("ahead") for _ in range(40)]
+        for instance_id in ids:
+            publish_plain(
+                crashing.sidecar,
+                "workflow.start",
+                {"workflow": "greeting_workflow", "instance_id": instance_id, "input": "x"},
+            )
+        crashing.proc.kill()  # at once: most of them are only journaled
+        restart_worker(stack, crashing, "crash-worker-2")
+        # Started, each of them. (Not waiting for COMPLETED: an orchestration whose work item
+        # was with the killed process may wait minutes for daprd to hand it out again.)
+        for instance_id in ids:
+            crashing.wait_status(instance_id, {"PENDING", "RUNNING", "COMPLETED"}, timeout=60)
+        log = crashing.proc.log.read_text(errors="replace")
+        assert "recovering" in log, "the restarted worker found nothing in its journal"
+    finally:
+        crashing.stop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -41,6 +41,17 @@ class StateItem:
 
     data: bytes
     etag: str
+
+
+@dataclass(frozen=True)
+class BulkItem:
+    key: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class BulkResponse:
+    items: list[BulkItem]
 
 
 @dataclass
@@ -101,6 +112,13 @@ class FakeStateClient:
     def delete_state(self, store_name: str, key: str, *args: Any, **kwargs: Any) -> None:
         self.stores.add(store_name)
         self.items.pop(key, None)
+
+    def get_bulk_state(
+        self, store_name: str, keys: Sequence[str], *args: Any, **kwargs: Any
+    ) -> Any:
+        """What `DaprClient.get_bulk_state` returns: one item per key, b"" when missing."""
+        items = [BulkItem(key, self.get_state(store_name, key).data) for key in keys]
+        return BulkResponse(items)
 
     def keys_with(self, part: str) -> list[str]:
         return [k for k in self.items if part in k]

@@ -68,7 +68,7 @@ class Console:
         # The console's own line: the same store, publisher and handlers as messages; no
         # parking lot (a caller who waits is told of an unknown instance at once).
         store = IdempotencyStore(
-            parts.state, s.state_store, s.idempotency_ttl_seconds, s.claim_lease_seconds
+            parts.state, parts.records_store, s.idempotency_ttl_seconds, s.claim_lease_seconds
         )
         pipeline = Pipeline(store, parts.publisher, s.max_transient_attempts, s.max_message_bytes)
         self._actions = Actions(pipeline, parts.handlers, s, s.console_action_timeout_seconds)

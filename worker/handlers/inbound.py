@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -34,6 +35,41 @@ class Inbound:
 
     def describe(self) -> str:
         return f"message {self.message_id} from {self.source or '?'} on {self.topic}"
+
+    def to_record(self) -> dict[str, Any]:
+        """The message as JSON-ready data, to keep in the state store (`from_record`)."""
+        record: dict[str, Any] = {
+            "topic": self.topic,
+            "source": self.source,
+            "message_id": self.message_id,
+            "content_type": self.content_type,
+            "type": self.event_type,
+            "data": base64.b64encode(self.data).decode(),
+        }
+        if self.first_seen is not None:
+            record["first_seen"] = self.first_seen
+        if self.traceparent:  # its later handling continues the message's trace
+            record["traceparent"] = self.traceparent
+            record["tracestate"] = self.tracestate
+        return record
+
+    @staticmethod
+    def from_record(record: dict[str, Any]) -> Inbound:
+        first_seen = record.get("first_seen")
+        return Inbound(
+            topic=record["topic"],
+            message_id=record["message_id"],
+            source=record["source"],
+            content_type=record["content_type"],
+            data=base64.b64decode(record["data"]),
+            first_seen=float(first_seen) if first_seen is not None else None,
+            event_type=record.get("type", ""),
+            traceparent=str(record.get("traceparent") or ""),
+            tracestate=str(record.get("tracestate") or ""),
+        )
+
+    def seen_first_at(self, first_seen: float) -> Inbound:
+        return replace(self, first_seen=first_seen)
 
 
 def _json_body(message: Inbound) -> Any:

@@ -139,18 +139,7 @@ class Pipeline:
         began = time.perf_counter()
         if self._ready is not None and not self._ready.wait(_READY_WAIT_SECONDS):
             return self._not_now(topic, RetryReason.STARTING, began)  # the sidecar redelivers
-        traceparent, tracestate = _trace_context(event)
-        message = Inbound(
-            topic=topic,
-            message_id=str(event.EventID() or ""),
-            source=str(event.Source() or ""),
-            content_type=str(event.ContentType() or ""),
-            data=_as_bytes(event.Data()),
-            event_type=_text(event.EventType()),
-            traceparent=traceparent,
-            tracestate=tracestate,
-        )
-        return self.handle(handler, message)
+        return self.handle(handler, inbound(topic, event))
 
     def handle(self, handler: TopicHandler, message: Inbound) -> TopicEventResponse:
         """Run ``message`` through the line. A message retried from the parking lot answers
@@ -339,6 +328,21 @@ class Pipeline:
                     }
                 )
             )
+
+
+def inbound(topic: str, event: v1.Event) -> Inbound:
+    """The message a delivery on ``topic`` carries."""
+    traceparent, tracestate = _trace_context(event)
+    return Inbound(
+        topic=topic,
+        message_id=str(event.EventID() or ""),
+        source=str(event.Source() or ""),
+        content_type=str(event.ContentType() or ""),
+        data=_as_bytes(event.Data()),
+        event_type=_text(event.EventType()),
+        traceparent=traceparent,
+        tracestate=tracestate,
+    )
 
 
 def _trace_context(event: v1.Event) -> tuple[str, str]:
