@@ -48,6 +48,10 @@ WORKER_ENV: dict[str, str] = {}
 TRACING = {"on": False}
 # --flame DIR: py-spy samples the worker's process during the worker phase of each run.
 FLAME: dict[str, Path | None] = {"dir": None}
+# py-spy's output: flamegraph (SVG), or raw (collapsed stacks, for counting by frame).
+FLAME_FORMAT = os.environ.get("BENCH_FLAME_FORMAT", "flamegraph")
+# BENCH_FLAME_GIL=1: sample only the thread holding the GIL (Python's own CPU, not waits).
+FLAME_GIL = os.environ.get("BENCH_FLAME_GIL", "") == "1"
 # --metrics: the worker's metrics page after each worker phase is kept in OUT.
 METRICS_DUMP: dict[str, Path | None] = {"dir": None}
 
@@ -153,8 +157,12 @@ class Host:
         self.client = DaprWorkflowClient(host="127.0.0.1", port=str(self.sidecar.grpc_port))
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.proc.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return _cpu_seconds(self.proc.popen.pid)
+
+    def stack_cpu(self) -> dict[str, float]:
+        """CPU seconds so far of each process of the stack (worker host, its sidecar, Redis,
+        placement, scheduler, ...), by name: where a phase's time goes."""
+        return {proc.name: _cpu_seconds(proc.popen.pid) for proc in self.stack.procs}
 
     def peak_rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.popen.pid}/status").read_text().splitlines():
@@ -220,6 +228,17 @@ class Host:
         return sent
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` and of its waited-for children."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_since(host: Host, before: dict[str, float]) -> dict[str, float]:
+    now = host.stack_cpu()
+    return {name: round(now[name] - before.get(name, 0.0), 2) for name in now}
+
+
 @contextlib.contextmanager
 def fresh_host(profile: str, workdir: Path) -> Iterator[Host]:
     """A new stack (placement, scheduler, Redis for that profile) with the worker host on it;
@@ -252,13 +271,15 @@ def phase_direct(host: Host, n: int) -> dict[str, Any]:
         )
         return time.perf_counter() - began
 
-    cpu, began = host.cpu_seconds(), time.perf_counter()
+    cpu, began, stack_cpu = host.cpu_seconds(), time.perf_counter(), host.stack_cpu()
+    benchmark_cpu = time.process_time()
     latencies = _parallel(range(n), start)
     wall = time.perf_counter() - began
     return {
         "throughput": n / wall,
         **percentiles(latencies),
         "worker_cpu_s": host.cpu_seconds() - cpu,
+        "cpu_s": {**_cpu_since(host, stack_cpu), "benchmark": time.process_time() - benchmark_cpu},
         **settle_watch(host, n),
     }
 
@@ -290,7 +311,8 @@ def _through_worker(
     timeout: float,
 ) -> dict[str, Any]:
     obs = host.observations
-    cpu = host.cpu_seconds()
+    cpu, stack_cpu = host.cpu_seconds(), host.stack_cpu()
+    benchmark_cpu = time.process_time()
     sent = dict(
         zip(
             [m for m, _ in bodies],
@@ -307,6 +329,7 @@ def _through_worker(
         "throughput": len(bodies) / wall,
         **percentiles(latencies),
         "worker_cpu_s": host.cpu_seconds() - cpu,
+        "cpu_s": {**_cpu_since(host, stack_cpu), "benchmark": time.process_time() - benchmark_cpu},
     }
 
 
@@ -429,7 +452,8 @@ def sampled(host: Host, svg: Path | None) -> Iterator[None]:
     spy = Path(sys.executable).parent / "py-spy"
     recorder = subprocess.Popen(
         [
-            *(str(spy), "record", "--nonblocking", "--rate", "200", "--format", "flamegraph"),
+            *(str(spy), "record", "--nonblocking", "--rate", "200", "--format", FLAME_FORMAT),
+            *(["--gil"] if FLAME_GIL else []),
             *("--output", str(svg), "--pid", str(host.proc.popen.pid)),
         ],
         stdout=subprocess.DEVNULL,

@@ -10,11 +10,13 @@ sidecar is. The intake answers sooner and keeps nothing only in the worker's mem
 2. one of ``lanes`` threads runs it through the pipeline (`Pipeline.handle`), retrying a
    transient fault itself with backoff, as the sidecar would have redelivered it; a message
    the pipeline drops goes to the dead-letter topic, as the sidecar would have moved it;
-3. the slot is cleared and taken by the next delivery.
+3. the slot is free for the next delivery, which overwrites it (no call to clear it).
 
 A message that the worker accepted and then could not finish (the process died) is still in
-its slot: the next start of the worker (`recover`) runs it before it accepts anything new,
-and the message's claim (`worker.idempotency`) keeps it from acting twice.
+its slot: the next start of the worker runs it before it accepts anything new, and the
+message's claim (`worker.idempotency`) keeps it from acting twice. A slot whose message was
+handled (its record says so) is left alone; slots expire with the records (``ttl_seconds``),
+and are written before them, so a slot never outlives the record of its message.
 
 Per-instance order holds: a message's lane is chosen by the instance it names, and a lane runs
 its messages one after another. When every slot is taken a delivery waits for one (so memory
@@ -28,7 +30,7 @@ import logging
 import queue
 import threading
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import grpc
@@ -37,7 +39,7 @@ from dapr.clients.grpc._response import TopicEventResponse, TopicEventResponseSt
 
 from worker.handlers.inbound import Inbound
 from worker.handlers.pipeline import Pipeline, TopicHandler, inbound
-from worker.idempotency import StateClient
+from worker.idempotency import StateClient, message_key
 from worker.instruments import NO_INSTRUMENTS, Instruments, Outcome, RetryReason
 
 log = logging.getLogger(__name__)
@@ -75,7 +77,9 @@ class Intake:
         store_name: str,
         journal: str,
         dead_letters: DeadLetters,
+        handled: Callable[[str], bool | None],
         *,
+        ttl_seconds: int,
         lanes: int,
         slots: int,
         ready: threading.Event,
@@ -83,13 +87,17 @@ class Intake:
         instruments: Instruments = NO_INSTRUMENTS,
     ) -> None:
         """``journal``: the prefix of the slot keys, one journal per app-id (its sidecar).
-        ``ready``: set once messages may be handled (the workflow runtime is connected)."""
+        ``handled``: whether a message (by `message_key`) was handled and its events are out
+        (`IdempotencyStore.handled`). ``ready``: set once messages may be handled (the
+        workflow runtime is connected)."""
         self._pipeline = pipeline
         self._handlers = handlers
         self._client = client
         self._store = store_name
         self._journal = journal
         self._dead_letters = dead_letters
+        self._handled = handled
+        self._ttl = {"ttlInSeconds": str(ttl_seconds)}
         self._ready = ready
         self._stopping = stopping
         self._instruments = instruments
@@ -129,6 +137,9 @@ class Intake:
                 self._clear(slot)
                 self._free.put(slot)
                 continue
+            if self._handled(message_key(message.topic, message.source, message.message_id)):
+                self._free.put(slot)  # handled: the slot was just not taken again
+                continue
             found += 1
             self._lane_of(message).put((slot, message))
         if found:
@@ -148,7 +159,10 @@ class Intake:
         message = inbound(topic, event)
         try:
             self._client.save_state(
-                self._store, self._slot_key(slot), json.dumps(message.to_record())
+                self._store,
+                self._slot_key(slot),
+                json.dumps(message.to_record()),
+                state_metadata=self._ttl,
             )
         except grpc.RpcError as error:
             self._free.put(slot)
@@ -180,7 +194,6 @@ class Intake:
             except queue.Empty:
                 continue
             if self._finish(message):
-                self._clear(slot)
                 self._free.put(slot)
             # else: stopping; the slot keeps the message for the next start
 
@@ -204,8 +217,7 @@ class Intake:
     def _clear(self, slot: int) -> None:
         try:
             self._client.delete_state(self._store, self._slot_key(slot))
-        except grpc.RpcError as error:
-            # Left as it is, the message runs again after a restart: its claim says handled.
+        except grpc.RpcError as error:  # it stays unreadable: cleared at the next start
             log.warning("could not clear journal slot %d: %s", slot, error)
 
     def stop(self, timeout: float) -> None:

@@ -44,6 +44,10 @@ class ParkingLot:
         self._store = store_name
         self._ttl = {"ttlInSeconds": str(ttl_seconds)}
         self._wake = threading.Event()
+        # Whether the index named any message when last read (or one was parked here since):
+        # only then is a start worth an early read (a replica that parks retries its own
+        # messages every PARK_POLL_SECONDS anyway).
+        self._may_hold = True
 
     @staticmethod
     def _key(message_key: str) -> str:
@@ -59,6 +63,7 @@ class ParkingLot:
         except grpc.RpcError as error:
             raise Transient(f"park message {message_key}: {error}") from error
         self._update_index(lambda index: index.setdefault(message_key, first_seen))
+        self._may_hold = True
         self._wake.set()  # back to polling every second
 
     def unpark(self, message_key: str) -> None:
@@ -73,7 +78,9 @@ class ParkingLot:
 
     def parked(self) -> dict[str, float]:
         """Message key -> when it was first seen, for every parked message."""
-        return self._read_index()[0]
+        index = self._read_index()[0]
+        self._may_hold = bool(index)
+        return index
 
     def load(self, message_key: str) -> Inbound | None:
         try:
@@ -85,8 +92,10 @@ class ParkingLot:
         return Inbound.from_record(json.loads(response.data))
 
     def nudge(self) -> None:
-        """Try the parked messages now (an instance may just have been started)."""
-        self._wake.set()
+        """Try the parked messages now (an instance may just have been started), unless
+        none was parked when the index was last read: then a start costs no read."""
+        if self._may_hold:
+            self._wake.set()
 
     def run(self, retry: Callable[[Inbound], None], stopping: threading.Event) -> None:
         """Until ``stopping`` is set: hand every parked message to ``retry`` (the pipeline),

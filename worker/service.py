@@ -167,6 +167,8 @@ class WorkerService:
                 records,
                 f"wfw|intake|{s.app_id}",
                 publisher,
+                store.handled,
+                ttl_seconds=s.idempotency_ttl_seconds,
                 lanes=s.max_concurrency,
                 slots=4 * s.max_concurrency,
                 ready=self._acting,

@@ -21,7 +21,7 @@ from worker.events import EventType
 from worker.handlers.inbound import Inbound
 from worker.handlers.pipeline import Pipeline
 from worker.handlers.report import report
-from worker.idempotency import Claim, IdempotencyStore
+from worker.idempotency import Claim, IdempotencyStore, message_key
 from worker.intake import Intake
 from worker.outcomes import RejectCode, Rejected, Transient
 from worker.publisher import Outbound, StatusPublisher
@@ -93,6 +93,8 @@ class Rig:
             "records",
             JOURNAL,
             self.dead,
+            store.handled,
+            ttl_seconds=3600,
             lanes=lanes,
             slots=slots,
             ready=self.ready,
@@ -103,7 +105,14 @@ class Rig:
         return made
 
     def journaled(self) -> list[str]:
-        return self.state.keys_with(JOURNAL)
+        """The messages in the journal that are not handled yet."""
+        store = IdempotencyStore(self.state, "records", ttl_seconds=3600, lease_seconds=60)
+        waiting = []
+        for key in self.state.keys_with(JOURNAL):
+            message = Inbound.from_record(json.loads(self.state.items[key][0]))
+            if not store.handled(message_key(message.topic, message.source, message.message_id)):
+                waiting.append(message.message_id)
+        return waiting
 
 
 @pytest.fixture
@@ -182,6 +191,17 @@ def test_what_was_accepted_and_not_run_runs_after_a_restart_once(rig: Rig) -> No
     assert sorted(rig.handler.handled) == ["m1", "m2"]
 
 
+def test_slots_are_written_with_the_records_ttl_and_not_cleared_after(rig: Rig) -> None:
+    intake = rig.intake(slots=1)
+    intake.accept(TOPIC, event("m1", "order-1"))
+    within(lambda: rig.handler.handled == ["m1"] and not rig.journaled())
+    journal_saves = [c for c in rig.state.saves if c.key.startswith(JOURNAL)]
+    assert [c.state_metadata for c in journal_saves] == [{"ttlInSeconds": "3600"}]
+    assert rig.state.keys_with(JOURNAL)  # left for the next delivery to overwrite
+    intake.accept(TOPIC, event("m2", "order-2"))  # the one slot is free again
+    within(lambda: rig.handler.handled == ["m1", "m2"])
+
+
 def test_a_journal_write_that_fails_is_answered_retry(rig: Rig) -> None:
     intake = rig.intake(slots=1)
     rig.state.fail_save = FakeRpcError(grpc.StatusCode.UNAVAILABLE, "store down")
@@ -205,6 +225,6 @@ def test_a_delivery_waits_for_a_free_slot_then_is_answered_retry(rig: Rig) -> No
 def test_a_slot_that_holds_no_message_is_cleared_at_start(rig: Rig) -> None:
     rig.state.save_state("records", f"{JOURNAL}|0", "not json")
     intake = rig.intake(slots=1)
-    assert not rig.journaled()
+    assert not rig.state.keys_with(JOURNAL)
     assert intake.accept(TOPIC, event("m1", "order-1")).status.name == "success"
     within(lambda: rig.handler.handled == ["m1"])

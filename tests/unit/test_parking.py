@@ -205,3 +205,14 @@ def test_a_parked_message_rejected_at_last_goes_to_the_dead_letter_topic() -> No
     assert envelope["data"] == {"instance_id": "order-1", "data": True}
     StatusPublisher(client, Settings(app_id="w")).dead_letter(message)  # none configured
     assert len(client.calls) == 1
+
+
+def test_a_start_costs_no_read_of_the_index_while_nothing_is_parked() -> None:
+    rig = _rig(grace=60)
+    assert rig.lot.parked() == {}  # the lot's last read: empty
+    rig.lot.nudge()
+    assert not rig.lot._wake.is_set()  # a start does not wake it for a read
+    rig.pipeline(TOPIC, WaitingHandler(), cloud_event(data=BODY))  # parked here
+    rig.lot._wake.clear()
+    rig.lot.nudge()
+    assert rig.lot._wake.is_set()
