@@ -24,8 +24,9 @@ from enum import Enum
 from typing import Any, Protocol
 
 import grpc
-from dapr.clients.grpc._state import Concurrency, StateOptions
+from dapr.clients.grpc._state import Concurrency, StateItem, StateOptions
 
+from worker.groupcommit import GroupCommit
 from worker.outcomes import Transient
 from worker.publisher import Outbound
 
@@ -44,6 +45,8 @@ class StateClient(Protocol):
     def get_state(self, store_name: str, key: str, *args: Any, **kwargs: Any) -> Any: ...
 
     def delete_state(self, store_name: str, key: str, *args: Any, **kwargs: Any) -> Any: ...
+
+    def save_bulk_state(self, store_name: str, states: list[StateItem]) -> Any: ...
 
 
 class Begin(Enum):
@@ -79,6 +82,8 @@ class IdempotencyStore:
         self._ttl = {"ttlInSeconds": str(ttl_seconds)}
         self._lease = lease_seconds
         self._first_write = StateOptions(concurrency=Concurrency.first_write)
+        # Done records that concurrent deliveries write at once go out in one call.
+        self._records: GroupCommit[tuple[str, str]] = GroupCommit(self._write_records)
 
     def _claim_key(self, key: str) -> str:
         return f"{_PREFIX}|claim|{key}"
@@ -138,11 +143,18 @@ class IdempotencyStore:
         were published (a redelivery republishes them either way)."""
         record = json.dumps({"events": [e.to_record() for e in events], "published": published})
         try:
-            self._client.save_state(
-                self._store, self._done_key(key), record, state_metadata=self._ttl
-            )
+            self._records.submit((self._done_key(key), record))
         except grpc.RpcError as error:
             raise Transient(f"record message {key} as handled: {error}") from error
+
+    def _write_records(self, records: list[tuple[str, str]]) -> None:
+        if len(records) == 1:
+            (key, record), *_ = records
+            self._client.save_state(self._store, key, record, state_metadata=self._ttl)
+            return
+        self._client.save_bulk_state(
+            self._store, [StateItem(key, record, metadata=self._ttl) for key, record in records]
+        )
 
     def handled(self, key: str) -> bool | None:
         """True when ``key`` was handled and its events published; False while it is being

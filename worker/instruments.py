@@ -106,7 +106,8 @@ def timed(instruments: Instruments, operation: str) -> Iterator[None]:
 
 class MeasuredClient:
     """A Dapr client whose state and publish calls are timed (operations state_save,
-    state_get, state_delete, state_get_bulk, publish). Used only when metrics are on."""
+    state_get, state_delete, state_save_bulk, state_get_bulk, publish). Used only when
+    metrics are on."""
 
     def __init__(self, client: Any, instruments: Instruments) -> None:
         self._client = client
@@ -126,6 +127,11 @@ class MeasuredClient:
 
     def delete_state(self, store_name: str, key: str, *args: Any, **kwargs: Any) -> Any:
         return self._timed("state_delete", "delete_state", store_name, key, *args, **kwargs)
+
+    def save_bulk_state(self, store_name: str, states: Any, *args: Any, **kwargs: Any) -> Any:
+        return self._timed(
+            "state_save_bulk", "save_bulk_state", store_name, states, *args, **kwargs
+        )
 
     def get_bulk_state(self, store_name: str, keys: Any, *args: Any, **kwargs: Any) -> Any:
         return self._timed("state_get_bulk", "get_bulk_state", store_name, keys, *args, **kwargs)

@@ -73,6 +73,7 @@ class FakeStateClient:
     fail_save: grpc.RpcError | None = None
     stores: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    bulk_saves: int = 0
 
     def save_state(
         self,
@@ -99,6 +100,17 @@ class FakeStateClient:
                 raise FakeRpcError(grpc.StatusCode.ABORTED, f"possible etag mismatch for {key}")
             version = current[1] + 1 if current is not None else 1
             self.items[key] = (raw, version)
+
+    def save_bulk_state(self, store_name: str, states: list[Any]) -> None:
+        """One call for several items (each a `dapr.clients.grpc._state.StateItem`): all
+        saved, or none when ``fail_save`` is set."""
+        if self.fail_save is not None:
+            raise self.fail_save
+        self.bulk_saves += 1
+        for item in states:
+            self.save_state(
+                store_name, item.key, item.value, item.etag, item.options, item.metadata
+            )
 
     def get_state(self, store_name: str, key: str, *args: Any, **kwargs: Any) -> StateItem:
         self.stores.add(store_name)
