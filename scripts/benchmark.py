@@ -518,8 +518,70 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for extra in ("ratio", "added_p99_ms", "peak_rss_mb"):
                 row[extra] = median_of(runs, extra)
             row["worker_cpu_s"] = median_of(runs, "worker", "worker_cpu_s")
+            if all("cpu_s" in r["worker"] for r in runs):
+                row["cpu_ms"] = {
+                    phase: {
+                        part: statistics.median(_cpu_parts(r, phase)[part] for r in runs)
+                        for part in _CPU_PARTS
+                    }
+                    for phase in ("direct", "worker")
+                }
             rows.append(row)
     return rows
+
+
+# Where a phase's CPU goes, per start: the stack's processes, grouped.
+_CPU_PARTS = ("worker", "daprd", "scheduler", "redis", "load", "total")
+
+
+def _cpu_parts(run: dict[str, Any], phase: str) -> dict[str, float]:
+    """CPU milliseconds per start in ``phase`` of ``run``, by part of the stack."""
+    per_start = {name: 1000 * s / run["n"] for name, s in run[phase]["cpu_s"].items()}
+    parts = {part: 0.0 for part in _CPU_PARTS}
+    for name, ms in per_start.items():
+        if name == "bench-host":
+            part = "worker"  # the worker process, with the observer in it
+        elif name.startswith("daprd"):
+            part = "daprd"
+        elif name == "benchmark":
+            part = "load"  # this script: the publishers and the direct client
+        elif name in ("scheduler", "redis"):
+            part = name
+        else:
+            part = "total"  # placement and the like: counted in the total only
+        parts[part] += ms
+    parts["total"] = sum(per_start.values())
+    return parts
+
+
+def cpu_markdown(rows: list[dict[str, Any]]) -> str:
+    """Where the CPU goes, per start (medians), and what follows for worker/direct: on a
+    machine the stack keeps busy, throughput is cores / CPU per start, so the ratio is
+    direct's CPU per start over the worker path's. "If the worker process were free" charges
+    the worker path only with what the worker process costs in the direct phase (hosting the
+    workflows): the bound for any worker written in this process, on this stack."""
+    lines = [
+        "| profile | N | phase | worker process | daprd | scheduler | Redis | load | "
+        "**total** ms/start | direct/worker by CPU | if the worker process were free |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "cpu_ms" not in r:
+            continue
+        direct, worker = r["cpu_ms"]["direct"], r["cpu_ms"]["worker"]
+        free = worker["total"] - worker["worker"] + direct["worker"]
+        for phase, cpu in (("direct", direct), ("worker", worker)):
+            tail = (
+                f"{direct['total'] / worker['total']:.2f} | {direct['total'] / free:.2f}"
+                if phase == "worker"
+                else " | "
+            )
+            lines.append(
+                f"| {r['profile']} | {r['n']} | {phase} | {cpu['worker']:.2f} | "
+                f"{cpu['daprd']:.2f} | {cpu['scheduler']:.2f} | {cpu['redis']:.2f} | "
+                f"{cpu['load']:.2f} | **{cpu['total']:.2f}** | {tail} |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def markdown(rows: list[dict[str, Any]], machine: str, command: str) -> str:
@@ -690,7 +752,7 @@ def main(argv: list[str] | None = None) -> int:
     write_report(
         args.out / "results",
         {"machine": machine, "command": command, "runs": results, "medians": rows},
-        markdown(rows, machine, command),
+        markdown(rows, machine, command) + "\n" + cpu_markdown(rows),
     )
     return 0
 
