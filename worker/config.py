@@ -89,6 +89,12 @@ class Settings(BaseSettings):
     call_timeout_seconds: float = Field(
         default=10.0, gt=0, description="Deadline of every call to the sidecar."
     )
+    bulk_publish: bool | None = Field(
+        default=None,
+        description="Status events published at once go out in one bulk publish; default: on "
+        "when the pub/sub does not partition (in-memory, Redis), which a bulk publish's "
+        "missing per-event partitionKey would break.",
+    )
     max_concurrency: int = Field(
         default=32,
         ge=1,

@@ -106,7 +106,7 @@ def timed(instruments: Instruments, operation: str) -> Iterator[None]:
 
 class MeasuredClient:
     """A Dapr client whose state and publish calls are timed (operations state_save,
-    state_get, state_delete, state_save_bulk, state_get_bulk, publish). Used only when
+    state_get, state_delete, state_save_bulk, state_get_bulk, publish, publish_bulk). Used when
     metrics are on."""
 
     def __init__(self, client: Any, instruments: Instruments) -> None:
@@ -138,3 +138,6 @@ class MeasuredClient:
 
     def publish_event(self, *args: Any, **kwargs: Any) -> Any:
         return self._timed("publish", "publish_event", *args, **kwargs)
+
+    def publish_events(self, *args: Any, **kwargs: Any) -> Any:
+        return self._timed("publish_bulk", "publish_events", *args, **kwargs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from worker import traces
 from worker.config import Settings
 from worker.events import EventType, StatusEvent, TimelineEntry
+from worker.groupcommit import GroupCommit
 from worker.handlers.inbound import Inbound
 from worker.instruments import NO_INSTRUMENTS, Instruments
 from worker.outcomes import Transient
@@ -29,6 +30,10 @@ _PREVIEW_SHARE = 8
 _ENVELOPE_BYTES = 1_024
 # A cut timeline entry keeps a preview of its result of this share of the limit.
 _ENTRY_PREVIEW_SHARE = 64
+
+
+class _NotAllPublished(Exception):
+    """A bulk publish that the sidecar answered with failed entries."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,15 @@ class PublishClient(Protocol):
         data: bytes | str,
         publish_metadata: dict[str, str] = ...,
         metadata: Any = ...,
+        data_content_type: str | None = ...,
+    ) -> Any: ...
+
+    def publish_events(
+        self,
+        pubsub_name: str,
+        topic_name: str,
+        data: Sequence[bytes | str],
+        publish_metadata: dict[str, str] = ...,
         data_content_type: str | None = ...,
     ) -> Any: ...
 
@@ -161,15 +175,28 @@ class StatusPublisher:
         client: PublishClient,
         settings: Settings,
         instruments: Instruments = NO_INSTRUMENTS,
+        *,
+        bulk: bool = False,
     ) -> None:
+        """``bulk``: events published at once by several threads go out in one bulk publish
+        (`worker.groupcommit`). Only for a pub/sub that ignores per-message metadata (the
+        ``partitionKey``, which a bulk publish cannot carry per event): see
+        `worker.sidecar.publishes_in_bulk`."""
         self._client = client
         self._settings = settings
         self._instruments = instruments
+        self._together: GroupCommit[tuple[bytes, str]] | None = (
+            GroupCommit(self._publish_together) if bulk else None
+        )
         self._enabled = set(settings.status_events) if settings.status_events else None
         self._per_workflow = {k: set(v) for k, v in settings.status_events_per_workflow.items()}
         # Told of every event once it is out (or filtered out by the settings above): a
         # surface that shows the instances (the console) keeps its view up to date with them.
         self.listeners: list[Callable[[Outbound], None]] = []
+
+    @property
+    def in_bulk(self) -> bool:
+        return self._together is not None
 
     def wanted(self, event: StatusEvent) -> bool:
         if event.workflow is not None and event.workflow in self._per_workflow:
@@ -189,16 +216,11 @@ class StatusPublisher:
             topic, outbound.event_id, event.cloudevent_type(), event.instance_id
         ):
             try:
-                self._client.publish_event(
-                    pubsub_name=self._settings.pubsub_name,
-                    topic_name=topic,
-                    data=self.cloudevent(outbound),
-                    data_content_type="application/cloudevents+json",
-                    # Broker metadata, for brokers that partition (Kafka, Event Hubs); consumers
-                    # read the same key from the CloudEvent's `partitionkey` extension.
-                    publish_metadata={"partitionKey": subject} if subject else {},
-                )
-            except grpc.RpcError as error:
+                if self._together is not None:
+                    self._together.submit((self.cloudevent(outbound), subject))
+                else:
+                    self._publish_one(self.cloudevent(outbound), subject)
+            except (grpc.RpcError, _NotAllPublished) as error:
                 self._instruments.status_event(event.event.value, "failed")
                 if _code(error) is grpc.StatusCode.PERMISSION_DENIED:
                     # Retried like any failure (nothing is lost once the scopes are mended),
@@ -215,6 +237,36 @@ class StatusPublisher:
         if self._settings.echo_status:
             echo.info(compact(event))
         self._tell(outbound)
+
+    def _publish_one(self, cloudevent: bytes, subject: str) -> None:
+        self._client.publish_event(
+            pubsub_name=self._settings.pubsub_name,
+            topic_name=self._settings.status_topic,
+            data=cloudevent,
+            data_content_type="application/cloudevents+json",
+            # Broker metadata, for brokers that partition (Kafka, Event Hubs); consumers
+            # read the same key from the CloudEvent's `partitionkey` extension.
+            publish_metadata={"partitionKey": subject} if subject else {},
+        )
+
+    def _publish_together(self, events: list[tuple[bytes, str]]) -> None:
+        """One call for ``events`` ((CloudEvent, subject) each). Should the sidecar fail any
+        of them, all are failed (which went out cannot be told): their handlers publish them
+        again, under the same ids."""
+        if len(events) == 1:
+            self._publish_one(*events[0])
+            return
+        response = self._client.publish_events(
+            pubsub_name=self._settings.pubsub_name,
+            topic_name=self._settings.status_topic,
+            data=[cloudevent for cloudevent, _ in events],
+            data_content_type="application/cloudevents+json",
+        )
+        if response.failed_entries:
+            raise _NotAllPublished(
+                f"{len(response.failed_entries)} of {len(events)} events not published: "
+                f"{response.failed_entries[0].error}"
+            )
 
     def _tell(self, outbound: Outbound) -> None:
         for listener in self.listeners:

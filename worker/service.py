@@ -38,7 +38,13 @@ from worker.instruments import NO_INSTRUMENTS, Instruments, MeasuredClient
 from worker.intake import Intake
 from worker.parking import ParkingLot
 from worker.publisher import StatusPublisher
-from worker.sidecar import SidecarFacts, accepts_ahead, read_facts, records_store
+from worker.sidecar import (
+    SidecarFacts,
+    accepts_ahead,
+    publishes_in_bulk,
+    read_facts,
+    records_store,
+)
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +129,8 @@ class WorkerService:
         self._dapr = DaprClient(interceptors=[traces.Propagation(spans=True)])
         # State and publish calls timed too, when something measures (no wrapper otherwise).
         client = self._dapr if measure is NO_INSTRUMENTS else MeasuredClient(self._dapr, measure)
-        publisher = StatusPublisher(client, s, measure)
         self._facts = facts = read_facts()
+        publisher = StatusPublisher(client, s, measure, bulk=publishes_in_bulk(s, facts))
         records = records_store(s, facts)
         store = IdempotencyStore(client, records, s.idempotency_ttl_seconds, s.claim_lease_seconds)
 
@@ -178,9 +184,10 @@ class WorkerService:
             self._intake.start()  # runs what a stopped process accepted and did not finish
             accept = self._intake.accept
         log.info(
-            "idempotency records in state store %r; deliveries %s",
+            "idempotency records in state store %r; deliveries %s; status events %s",
             records,
             "accepted ahead (journaled, then handled)" if accept else "answered once handled",
+            "published in bulk when several are ready" if publisher.in_bulk else "one by one",
         )
         self._app = build_app(
             s, self._pipeline, handlers, self._healthy, self._extra_subscriptions, accept

@@ -1,6 +1,7 @@
 """What the sidecar says about itself (its metadata endpoint), and what the worker makes of it:
 whether the sidecar waits for the app's health before subscribing, where idempotency records
-live, and whether deliveries are accepted ahead (`worker.intake`)."""
+live, whether deliveries are accepted ahead (`worker.intake`), and whether status events may
+go out in bulk."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ log = logging.getLogger(__name__)
 RECORDS_STORE = "idempotency"
 # A pub/sub of this type hands a subscription one message at a time: accept ahead.
 _ONE_AT_A_TIME = frozenset({"pubsub.in-memory"})
+# Pub/subs that do not partition (no use for a per-event partitionKey, which a bulk publish
+# cannot carry): status events may go out in bulk.
+_UNPARTITIONED = frozenset({"pubsub.in-memory", "pubsub.redis"})
 
 
 @dataclass(frozen=True)
@@ -72,3 +76,10 @@ def accepts_ahead(settings: Settings, facts: SidecarFacts) -> bool:
     if settings.accept_ahead is not None:
         return settings.accept_ahead
     return facts.components.get(settings.pubsub_name, "") in _ONE_AT_A_TIME
+
+
+def publishes_in_bulk(settings: Settings, facts: SidecarFacts) -> bool:
+    """``settings.bulk_publish`` when set, else whether the pub/sub ignores partition keys."""
+    if settings.bulk_publish is not None:
+        return settings.bulk_publish
+    return facts.components.get(settings.pubsub_name, "") in _UNPARTITIONED

@@ -290,7 +290,7 @@ def observer(stack: devstack.Stack) -> Iterator[Observer]:
 
 def _sequential(components: Path) -> Path:
     """A copy of ``components`` whose pub/sub delivers one message at a time: how a consumer
-    that needs per-instance order reads (the worker's own copy delivers 16 at once)."""
+    that needs per-instance order reads (the worker's own copy delivers 32 at once)."""
     ordered = components.with_name(components.name + "-sequential")
     ordered.mkdir(exist_ok=True)
     for source in components.glob("*.yaml"):

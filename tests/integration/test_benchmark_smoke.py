@@ -31,8 +31,13 @@ def test_benchmark_smoke_mode_produces_its_report(tmp_path: Path) -> None:
             assert run[phase]["throughput"] > 0
             assert 0 < run[phase]["p50_ms"] <= run[phase]["p99_ms"]
         assert run["peak_rss_mb"] > 0
+        for phase in ("direct", "worker"):  # where the CPU went: each process of the stack
+            spent = run[phase]["cpu_s"]
+            assert spent["bench-host"] > 0 and spent["scheduler"] > 0
+            assert any(name.startswith("daprd") and s > 0 for name, s in spent.items())
     assert (tmp_path / "benchmark.png").stat().st_size > 10_000
-    assert "worker/direct" in (tmp_path / "results.md").read_text()
+    table = (tmp_path / "results.md").read_text()
+    assert "worker/direct" in table and "direct/worker by CPU" in table
 
 
 def test_benchmark_paced_mode_produces_its_report(tmp_path: Path) -> None:

@@ -189,12 +189,27 @@ class FakeClock:
 # --- pub/sub -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class FailedEntry:
+    entry_id: str
+    error: str
+
+
+@dataclass(frozen=True)
+class BulkPublished:
+    """What `DaprClient.publish_events` returns."""
+
+    failed_entries: list[FailedEntry]
+
+
 @dataclass
 class FakePublishClient:
     """Records every `publish_event` call's keyword arguments."""
 
     calls: list[dict[str, Any]] = field(default_factory=list)
     error: grpc.RpcError | None = None
+    bulk_calls: int = 0
+    fail_in_bulk: set[int] = field(default_factory=set)
 
     def publish_event(
         self,
@@ -218,6 +233,29 @@ class FakePublishClient:
                 "data_content_type": data_content_type,
             }
         )
+
+    def publish_events(
+        self,
+        pubsub_name: str,
+        topic_name: str,
+        data: Sequence[bytes | str],
+        publish_metadata: dict[str, str] | None = None,
+        data_content_type: str | None = None,
+    ) -> Any:
+        """A bulk publish: each event recorded as a call; ``failed_entries`` names the ones
+        ``fail_in_bulk`` says (by position) failed."""
+        if self.error is not None:
+            raise self.error
+        self.bulk_calls += 1
+        failed = []
+        for position, event in enumerate(data):
+            if position in self.fail_in_bulk:
+                failed.append(FailedEntry(f"entry-{position}", "broker refused it"))
+                continue
+            self.publish_event(
+                pubsub_name, topic_name, event, publish_metadata, None, data_content_type
+            )
+        return BulkPublished(failed)
 
     def bodies(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []

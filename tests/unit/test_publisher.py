@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -276,3 +278,75 @@ def test_the_cloudevent_is_what_the_cloudevents_package_writes() -> None:
     assert parsed.data == json.loads(raw)["data"]
     assert parsed.data["output"] == {"name": "Zoë", "n": [1, 2.5]}
     assert raw.isascii()  # non-ASCII escaped, as before
+
+
+class _SlowFirstPublish(FakePublishClient):
+    """The first single publish waits for ``release``: events published meanwhile queue."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first_started = threading.Event()
+        self.release = threading.Event()
+
+    def publish_event(self, *args: Any, **kwargs: Any) -> None:
+        if not self.first_started.is_set():
+            self.first_started.set()
+            assert self.release.wait(5)
+        super().publish_event(*args, **kwargs)
+
+
+def _publish_while_one_is_on_its_way(
+    client: _SlowFirstPublish, publisher: StatusPublisher, more: int
+) -> list[BaseException | None]:
+    """Publish ``more`` + 1 events, all but the first while the first one waits."""
+    with ThreadPoolExecutor(more + 1) as pool:
+        first = pool.submit(publisher.publish, Outbound("evt-0", _event(instance_id="i-0")))
+        assert client.first_started.wait(5)
+        rest = [
+            pool.submit(publisher.publish, Outbound(f"evt-{i}", _event(instance_id=f"i-{i}")))
+            for i in range(1, more + 1)
+        ]
+        while len(publisher._together._queue) < more:  # type: ignore[union-attr]
+            threading.Event().wait(0.01)
+        client.release.set()
+        return [f.exception(5) for f in [first, *rest]]
+
+
+def test_in_bulk_events_published_at_once_go_out_in_one_call_each_whole() -> None:
+    client = _SlowFirstPublish()
+    publisher = StatusPublisher(client, Settings(app_id="w"), bulk=True)
+    assert _publish_while_one_is_on_its_way(client, publisher, 9) == [None] * 10
+    assert client.bulk_calls == 1  # the nine that queued behind the first
+    assert sorted(call["cloudevent"]["id"] for call in client.calls) == [
+        f"evt-{i}" for i in range(10)
+    ]
+    assert all(call["cloudevent"]["source"] == "w" for call in client.calls)
+
+
+def test_in_bulk_a_failed_entry_fails_its_whole_batch_and_the_next_go_out() -> None:
+    client = _SlowFirstPublish()
+    client.fail_in_bulk = {2}
+    publisher = StatusPublisher(client, Settings(app_id="w"), bulk=True)
+    outcomes = _publish_while_one_is_on_its_way(client, publisher, 4)
+    assert outcomes[0] is None  # the first went out alone
+    assert all(isinstance(error, Transient) for error in outcomes[1:])  # retried, same ids
+    client.fail_in_bulk = set()
+    publisher.publish(Outbound("evt-1", _event(instance_id="i-1")))
+    assert client.calls[-1]["cloudevent"]["id"] == "evt-1"
+
+
+def test_not_in_bulk_every_event_is_its_own_publish_with_its_partition_key() -> None:
+    client = _SlowFirstPublish()
+    publisher = StatusPublisher(client, Settings(app_id="w"))
+    client.release.set()
+    with ThreadPoolExecutor(5) as pool:
+        list(
+            pool.map(
+                lambda i: publisher.publish(Outbound(f"evt-{i}", _event(instance_id=f"i-{i}"))),
+                range(5),
+            )
+        )
+    assert client.bulk_calls == 0
+    assert sorted(c["publish_metadata"]["partitionKey"] for c in client.calls) == [
+        f"i-{i}" for i in range(5)
+    ]

@@ -7,7 +7,13 @@ import pytest
 
 from tests.unit.test_service import _Metadata, sidecar_metadata  # noqa: F401 (fixture)
 from worker.config import Settings
-from worker.sidecar import SidecarFacts, accepts_ahead, read_facts, records_store
+from worker.sidecar import (
+    SidecarFacts,
+    accepts_ahead,
+    publishes_in_bulk,
+    read_facts,
+    records_store,
+)
 
 EMBEDDED = {
     "pubsub": "pubsub.in-memory",
@@ -59,3 +65,19 @@ def test_whether_deliveries_are_accepted_ahead(
 ) -> None:
     settings = Settings(accept_ahead=setting)
     assert accepts_ahead(settings, SidecarFacts(components=components)) is expected
+
+
+@pytest.mark.parametrize(
+    ("pubsub_type", "setting", "expected"),
+    [
+        ("pubsub.in-memory", None, True),
+        ("pubsub.redis", None, True),
+        ("pubsub.kafka", None, False),  # partitions by the per-event key: one by one
+        ("pubsub.redis", False, False),
+    ],
+)
+def test_whether_status_events_go_out_in_bulk(
+    pubsub_type: str, setting: bool | None, expected: bool
+) -> None:
+    facts = SidecarFacts(components={"pubsub": pubsub_type})
+    assert publishes_in_bulk(Settings(bulk_publish=setting), facts) is expected
