@@ -3,7 +3,8 @@
 On a fresh stack per profile, N calls of each kind at the worker's concurrency, one kind at a
 time. From those rates follows an upper bound for worker/direct: a start through the worker
 costs the sidecar the input message (publish + delivery), the claim, the existence check, the
-start itself, the `started` event (publish + delivery) and the done record; a direct start
+start itself, the `started` event (publish + delivery) and the done record (and, on the
+embedded default, the journal slot, in the in-memory records store); a direct start
 costs only the start. Even a worker that did nothing else cannot beat the "pub/sub legs only"
 bound.
 
@@ -40,14 +41,27 @@ from scripts.benchmark import (
     write_report,
 )
 
-# The worker's path for one start, as (call, how many times).
+# The worker's path for one start, as (call, how many times), per profile. The embedded
+# default keeps its records in the sidecar's memory (the `idempotency` store) and journals each
+# delivery before answering it (worker.intake).
 WORKER_PATH = {
-    "publish": 2,  # the start message in, the `started` event out (each with its delivery)
-    "save first-write": 1,  # the claim
-    "get instance": 1,  # does it exist, and whose is it
-    "start": 1,
-    "save": 1,  # the done record
+    "redis": {
+        "publish": 2,  # the start message in, the `started` event out (each with its delivery)
+        "save first-write": 1,  # the claim
+        "get instance": 1,  # does it exist, and whose is it
+        "start": 1,
+        "save": 1,  # the done record
+    },
+    "default": {
+        "publish": 2,
+        "save first-write": 1,
+        "get instance": 1,
+        "start": 1,
+        "save": 2,  # the journal slot, the done record
+    },
 }
+# Where the worker keeps its records, per profile (worker.sidecar.records_store).
+RECORDS_STORE = {"redis": "statestore", "default": "idempotency"}
 
 
 def _rate(host: Host, n: int, call: Callable[[int], object]) -> float:
@@ -56,8 +70,8 @@ def _rate(host: Host, n: int, call: Callable[[int], object]) -> float:
     return n / (time.perf_counter() - began)
 
 
-def measure(host: Host, n: int) -> dict[str, float]:
-    """Calls per second, per kind, through the host's sidecar."""
+def measure(host: Host, n: int, store: str) -> dict[str, float]:
+    """Calls per second, per kind, through the host's sidecar (records in ``store``)."""
     # The SDK's health check reads these settings (filled from the environment at import).
     vars(dapr_settings).update(
         DAPR_HTTP_PORT=host.sidecar.http_port, DAPR_GRPC_PORT=host.sidecar.grpc_port
@@ -72,9 +86,9 @@ def measure(host: Host, n: int) -> dict[str, float]:
             "save first-write": _rate(
                 host,
                 n,
-                lambda i: state.save_state("statestore", claims[i], "{}", options=first_write),
+                lambda i: state.save_state(store, claims[i], "{}", options=first_write),
             ),
-            "save": _rate(host, n, lambda i: state.save_state("statestore", records[i], "{}")),
+            "save": _rate(host, n, lambda i: state.save_state(store, records[i], "{}")),
             "publish": _rate(
                 host, n, lambda i: host.publish("bench.noop", {"n": i}, str(uuid.uuid4()))
             ),
@@ -93,11 +107,11 @@ def measure(host: Host, n: int) -> dict[str, float]:
         state.close()
 
 
-def bounds(rates: dict[str, float]) -> dict[str, float]:
+def bounds(rates: dict[str, float], profile: str) -> dict[str, float]:
     """Upper bounds for worker/direct, from the sidecar's cost (1/rate) of each call."""
     cost = {call: 1 / rate for call, rate in rates.items()}
-    path = sum(cost[call] * times for call, times in WORKER_PATH.items())
-    legs = cost["start"] + WORKER_PATH["publish"] * cost["publish"]
+    path = sum(cost[call] * times for call, times in WORKER_PATH[profile].items())
+    legs = cost["start"] + WORKER_PATH[profile]["publish"] * cost["publish"]
     check = cost["start"] + cost["get instance"]
     return {
         "worker_path": cost["start"] / path,
@@ -145,9 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-calls-") as tmp:
         for profile in args.profiles:
             with fresh_host(profile, Path(tmp) / profile) as host:
-                rates = measure(host, args.n)
+                rates = measure(host, args.n, RECORDS_STORE[profile])
             results.append(
-                {"profile": profile, "n": args.n, "rates": rates, "bounds": bounds(rates)}
+                {"profile": profile, "n": args.n, "rates": rates, "bounds": bounds(rates, profile)}
             )
             print(f"{profile}: {json.dumps(results[-1])}", flush=True)
     machine = machine_description()
