@@ -29,6 +29,7 @@ import json
 import logging
 import queue
 import threading
+import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
@@ -148,14 +149,15 @@ class Intake:
     def accept(self, topic: str, event: v1.Event) -> TopicEventResponse:
         """The subscription's handler: keep the message in a slot, queue it, answer at once."""
         self._instruments.message_received(topic)
+        began = time.perf_counter()
         if self._pipeline.in_flight.draining:  # shutting down: the sidecar keeps it
-            return self._not_now(topic, RetryReason.DRAINING)
+            return self._pipeline.not_now(topic, RetryReason.DRAINING, began)
         if not self._recovered.wait(_SLOT_WAIT_SECONDS):
-            return self._not_now(topic, RetryReason.STARTING)
+            return self._pipeline.not_now(topic, RetryReason.STARTING, began)
         try:
             slot = self._free.get(timeout=_SLOT_WAIT_SECONDS)
         except queue.Empty:
-            return self._not_now(topic, RetryReason.BUSY)
+            return self._pipeline.not_now(topic, RetryReason.BUSY, began)
         message = inbound(topic, event)
         try:
             self._client.save_state(
@@ -167,13 +169,9 @@ class Intake:
         except grpc.RpcError as error:
             self._free.put(slot)
             log.warning("retry %s: could not accept it: %s", message.describe(), error)
-            return self._not_now(topic, RetryReason.TRANSIENT)
+            return self._pipeline.not_now(topic, RetryReason.TRANSIENT, began)
         self._lane_of(message).put((slot, message))
         return TopicEventResponse(Outcome.SUCCESS)
-
-    def _not_now(self, topic: str, reason: str) -> TopicEventResponse:
-        self._instruments.message_handled(topic, Outcome.RETRY, reason, 0.0)
-        return TopicEventResponse("retry")
 
     def _lane_of(self, message: Inbound) -> queue.Queue[tuple[int, Inbound]]:
         """The lane of the instance ``message`` names (of the message itself when it names

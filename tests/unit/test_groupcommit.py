@@ -36,18 +36,22 @@ def test_a_lone_write_goes_out_at_once_alone() -> None:
     assert writes.calls == [[1]]
 
 
-def test_writes_that_queue_behind_one_go_out_together() -> None:
-    writes = SlowWrites()
-    commit = GroupCommit(writes, max_items=64)
-    with ThreadPoolExecutor(21) as pool:
+def _submit_behind_a_slow_first(writes: SlowWrites, commit: GroupCommit[int], more: int) -> None:
+    """Submit 0, then 1..``more`` while 0's write waits; let it go once all have queued."""
+    with ThreadPoolExecutor(more + 1) as pool:
         first = pool.submit(commit.submit, 0)
         assert writes.first_started.wait(5)
-        rest = [pool.submit(commit.submit, i) for i in range(1, 21)]
-        while len(commit._queue) < 20:  # all twenty queued behind the first
+        rest = [pool.submit(commit.submit, i) for i in range(1, more + 1)]
+        while len(commit._queue) < more:
             threading.Event().wait(0.01)
         writes.release.set()
         for future in [first, *rest]:
             future.result(5)
+
+
+def test_writes_that_queue_behind_one_go_out_together() -> None:
+    writes = SlowWrites()
+    _submit_behind_a_slow_first(writes, GroupCommit(writes, max_items=64), 20)
     assert writes.calls[0] == [0]
     assert sorted(writes.calls[1]) == list(range(1, 21))  # one call for the twenty
     assert len(writes.calls) == 2
@@ -55,16 +59,7 @@ def test_writes_that_queue_behind_one_go_out_together() -> None:
 
 def test_a_batch_is_cut_at_max_items() -> None:
     writes = SlowWrites()
-    commit = GroupCommit(writes, max_items=4)
-    with ThreadPoolExecutor(11) as pool:
-        first = pool.submit(commit.submit, 0)
-        assert writes.first_started.wait(5)
-        rest = [pool.submit(commit.submit, i) for i in range(1, 11)]
-        while len(commit._queue) < 10:
-            threading.Event().wait(0.01)
-        writes.release.set()
-        for future in [first, *rest]:
-            future.result(5)
+    _submit_behind_a_slow_first(writes, GroupCommit(writes, max_items=4), 10)
     assert [len(c) for c in writes.calls] == [1, 4, 4, 2]
     assert sorted(i for call in writes.calls for i in call) == list(range(11))
 

@@ -135,10 +135,10 @@ class Pipeline:
     def __call__(self, topic: str, handler: TopicHandler, event: v1.Event) -> TopicEventResponse:
         self._instruments.message_received(topic)
         if self.in_flight.draining:  # shutting down: let another replica have it
-            return self._not_now(topic, RetryReason.DRAINING, time.perf_counter())
+            return self.not_now(topic, RetryReason.DRAINING, time.perf_counter())
         began = time.perf_counter()
         if self._ready is not None and not self._ready.wait(_READY_WAIT_SECONDS):
-            return self._not_now(topic, RetryReason.STARTING, began)  # the sidecar redelivers
+            return self.not_now(topic, RetryReason.STARTING, began)  # the sidecar redelivers
         return self.handle(handler, inbound(topic, event))
 
     def handle(self, handler: TopicHandler, message: Inbound) -> TopicEventResponse:
@@ -166,7 +166,8 @@ class Pipeline:
             )
         return verdict.response
 
-    def _not_now(self, topic: str, reason: str, began: float) -> TopicEventResponse:
+    def not_now(self, topic: str, reason: str, began: float) -> TopicEventResponse:
+        """Answer `retry` without handling (shutting down, not ready, no room), counted."""
         seconds = time.perf_counter() - began
         self._instruments.message_handled(topic, Outcome.RETRY, reason, seconds)
         return TopicEventResponse("retry")
