@@ -42,6 +42,7 @@ from worker.handlers.inbound import Inbound
 from worker.handlers.pipeline import Pipeline, TopicHandler, inbound
 from worker.idempotency import StateClient, message_key
 from worker.instruments import NO_INSTRUMENTS, Instruments, Outcome, RetryReason
+from worker.outcomes import Transient
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +192,14 @@ class Intake:
                 slot, message = lane.get(timeout=0.5)
             except queue.Empty:
                 continue
-            if self._finish(message):
+            try:
+                finished = self._finish(message)
+            except Exception:  # a bug: keep the lane and the message, try again later
+                log.exception("intake: %s failed; trying it again", message.describe())
+                self._stopping.wait(_MAX_RETRY_SECONDS)
+                lane.put((slot, message))
+                continue
+            if finished:
                 self._free.put(slot)
             # else: stopping; the slot keeps the message for the next start
 
@@ -205,10 +213,25 @@ class Intake:
         while True:
             response = self._pipeline.handle(handler, message)
             if response.status is TopicEventResponseStatus.drop:
-                self._dead_letters.dead_letter(message)
+                return self._dead_letter(message)
             if response.status is not TopicEventResponseStatus.retry:
                 return True
             if self._stopping.wait(delay):
+                return False
+            delay = min(delay * 2, _MAX_RETRY_SECONDS)
+
+    def _dead_letter(self, message: Inbound) -> bool:
+        """Move a dropped message to the dead letters, retrying while that fails; False when
+        stopped first (its rejection is out and recorded, so a restart does not move it)."""
+        delay = _FIRST_RETRY_SECONDS
+        while True:
+            try:
+                self._dead_letters.dead_letter(message)
+                return True
+            except Transient as error:
+                log.warning("intake: %s (trying again)", error)
+            if self._stopping.wait(delay):
+                log.error("intake: stopped before %s reached the dead letters", message.describe())
                 return False
             delay = min(delay * 2, _MAX_RETRY_SECONDS)
 

@@ -65,9 +65,15 @@ class Handler:
 
 @dataclass
 class DeadLetters:
+    """Moves messages; fails the first ``failures`` moves (the broker is down)."""
+
     moved: list[str] = field(default_factory=list)
+    failures: int = 0
 
     def dead_letter(self, message: Inbound) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise Transient("dead-letter topic unreachable")
         self.moved.append(message.message_id)
 
 
@@ -171,6 +177,15 @@ def test_a_dropped_message_goes_to_the_dead_letters(rig: Rig) -> None:
     intake.accept(TOPIC, event("m1", "order-1"))
     within(lambda: rig.dead.moved == ["m1"] and not rig.journaled())
     assert [b["event"] for b in rig.pubsub.bodies()] == ["rejected"]
+
+
+def test_a_dead_letter_that_fails_is_tried_again_and_the_lane_goes_on(rig: Rig) -> None:
+    rig.handler.errors.append(Rejected("no such action", code=RejectCode.INVALID_MESSAGE))
+    rig.dead.failures = 2
+    intake = rig.intake(lanes=1)
+    intake.accept(TOPIC, event("m1", "order-1"))
+    intake.accept(TOPIC, event("m2", "order-1"))  # same lane, behind it
+    within(lambda: rig.dead.moved == ["m1"] and rig.handler.handled == ["m2"])
 
 
 def test_what_was_accepted_and_not_run_runs_after_a_restart_once(rig: Rig) -> None:
