@@ -42,16 +42,12 @@ from worker.handlers.inbound import Inbound
 from worker.handlers.pipeline import Pipeline, TopicHandler, inbound
 from worker.idempotency import StateClient, message_key
 from worker.instruments import NO_INSTRUMENTS, Instruments, Outcome, RetryReason
-from worker.outcomes import Transient
+from worker.outcomes import FIRST_RETRY_SECONDS, MAX_RETRY_SECONDS, retry_until_done
 
 log = logging.getLogger(__name__)
 
 # A delivery waits this long for a free slot (or for recovery to end), then is redelivered.
 _SLOT_WAIT_SECONDS = 5.0
-# A message failing transiently is tried again after these delays (doubling, capped), like
-# the sidecar's own redelivery policy (components/*/resiliency.yaml).
-_FIRST_RETRY_SECONDS = 0.2
-_MAX_RETRY_SECONDS = 10.0
 
 
 class DeadLetters(Protocol):
@@ -196,7 +192,7 @@ class Intake:
                 finished = self._finish(message)
             except Exception:  # a bug: keep the lane and the message, try again later
                 log.exception("intake: %s failed; trying it again", message.describe())
-                self._stopping.wait(_MAX_RETRY_SECONDS)
+                self._stopping.wait(MAX_RETRY_SECONDS)
                 lane.put((slot, message))
                 continue
             if finished:
@@ -205,7 +201,7 @@ class Intake:
 
     def _finish(self, message: Inbound) -> bool:
         """Run ``message`` until it is handled or dropped; False when stopped before that."""
-        delay = _FIRST_RETRY_SECONDS
+        delay = FIRST_RETRY_SECONDS
         while not self._ready.wait(0.5):
             if self._stopping.is_set():
                 return False
@@ -213,27 +209,18 @@ class Intake:
         while True:
             response = self._pipeline.handle(handler, message)
             if response.status is TopicEventResponseStatus.drop:
-                return self._dead_letter(message)
+                # False when stopped first: its rejection is out and recorded, so a restart
+                # does not move it (the log says so).
+                return retry_until_done(
+                    lambda: self._dead_letters.dead_letter(message),
+                    self._stopping,
+                    f"dead-letter {message.describe()}",
+                )
             if response.status is not TopicEventResponseStatus.retry:
                 return True
             if self._stopping.wait(delay):
                 return False
-            delay = min(delay * 2, _MAX_RETRY_SECONDS)
-
-    def _dead_letter(self, message: Inbound) -> bool:
-        """Move a dropped message to the dead letters, retrying while that fails; False when
-        stopped first (its rejection is out and recorded, so a restart does not move it)."""
-        delay = _FIRST_RETRY_SECONDS
-        while True:
-            try:
-                self._dead_letters.dead_letter(message)
-                return True
-            except Transient as error:
-                log.warning("intake: %s (trying again)", error)
-            if self._stopping.wait(delay):
-                log.error("intake: stopped before %s reached the dead letters", message.describe())
-                return False
-            delay = min(delay * 2, _MAX_RETRY_SECONDS)
+            delay = min(delay * 2, MAX_RETRY_SECONDS)
 
     def _clear(self, slot: int) -> None:
         try:

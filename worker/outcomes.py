@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
 import grpc
+
+log = logging.getLogger(__name__)
+
+# Backoff of `retry_until_done`: doubling from the first delay up to the last, like the
+# sidecar's own redelivery policy (components/*/resiliency.yaml).
+FIRST_RETRY_SECONDS = 0.2
+MAX_RETRY_SECONDS = 10.0
 
 
 class RejectCode(StrEnum):
@@ -128,3 +138,19 @@ def raise_classified(error: grpc.RpcError, doing: str, instance_id: str | None =
     raise Rejected(
         f"{doing}: {result.reason}", code=result.code, instance_id=instance_id
     ) from error
+
+
+def retry_until_done(attempt: Callable[[], None], stopping: threading.Event, doing: str) -> bool:
+    """Call ``attempt`` until it raises no `Transient`, with backoff; False when ``stopping``
+    is set first. For work a delivery's answer no longer covers (it was acknowledged)."""
+    delay = FIRST_RETRY_SECONDS
+    while True:
+        try:
+            attempt()
+            return True
+        except Transient as error:
+            log.warning("%s: %s (trying again)", doing, error)
+        if stopping.wait(delay):
+            log.error("stopped before %s succeeded", doing)
+            return False
+        delay = min(delay * 2, MAX_RETRY_SECONDS)

@@ -36,6 +36,7 @@ from worker.hosting import build_runtime
 from worker.idempotency import IdempotencyStore, message_key
 from worker.instruments import NO_INSTRUMENTS, Instruments, MeasuredClient
 from worker.intake import Intake
+from worker.outcomes import retry_until_done
 from worker.parking import ParkingLot
 from worker.publisher import StatusPublisher
 from worker.sidecar import (
@@ -224,7 +225,15 @@ class WorkerService:
             if response.status is TopicEventResponseStatus.retry:
                 return  # still waiting
             if response.status is TopicEventResponseStatus.drop:
-                publisher.dead_letter(message)  # as the sidecar does for a delivery dropped
+                # As the sidecar does for a delivery dropped. Retried here: once dropped, the
+                # next pass would find the message handled and unpark it without its dead letter.
+                moved = retry_until_done(
+                    lambda: publisher.dead_letter(message),
+                    self._stopped,
+                    f"dead-letter {message.describe()}",
+                )
+                if not moved:
+                    return  # stopping: it stays parked
             parking.unpark(message_key(message.topic, message.source, message.message_id))
 
         self._parking_thread = threading.Thread(

@@ -16,6 +16,7 @@ from cloudevents.sdk.event import v1
 from tests.unit.fakes import FakePublishClient, FakeRpcError, FakeStateClient
 from tests.unit.test_pipeline import cloud_event
 from worker import intake as intake_module
+from worker import outcomes
 from worker.config import Settings
 from worker.events import EventType
 from worker.handlers.inbound import Inbound
@@ -123,7 +124,8 @@ class Rig:
 
 @pytest.fixture
 def rig(monkeypatch: pytest.MonkeyPatch) -> Iterator[Rig]:
-    monkeypatch.setattr(intake_module, "_FIRST_RETRY_SECONDS", 0.01)
+    monkeypatch.setattr(intake_module, "FIRST_RETRY_SECONDS", 0.01)
+    monkeypatch.setattr(outcomes, "FIRST_RETRY_SECONDS", 0.01)
     monkeypatch.setattr(intake_module, "_SLOT_WAIT_SECONDS", 0.2)
     ready = threading.Event()
     ready.set()

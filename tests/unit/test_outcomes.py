@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+
 import grpc
 import pytest
 
 from tests.unit.fakes import FakeRpcError
+from worker import outcomes
 from worker.outcomes import RejectCode, Rejected, Transient, classify_rpc_error, raise_classified
 
 
@@ -138,3 +141,35 @@ def test_a_rejection_from_the_sidecar_has_a_bounded_code(
         raise_classified(FakeRpcError(code, details), "do it", "order-1")
     assert raised.value.code is expected
     assert details in raised.value.reason  # the text keeps the details; the code is the label
+
+
+def test_retry_until_done_retries_a_transient_with_backoff_until_it_passes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(outcomes, "FIRST_RETRY_SECONDS", 0.01)
+    failures = [Transient("down"), Transient("still down")]
+    calls: list[int] = []
+
+    def attempt() -> None:
+        calls.append(1)
+        if failures:
+            raise failures.pop(0)
+
+    assert outcomes.retry_until_done(attempt, threading.Event(), "move it") is True
+    assert len(calls) == 3
+
+
+def test_retry_until_done_gives_up_when_stopping_and_lets_other_errors_through() -> None:
+    stopping = threading.Event()
+    stopping.set()
+
+    def down() -> None:
+        raise Transient("down")
+
+    assert outcomes.retry_until_done(down, stopping, "move it") is False
+
+    def bug() -> None:
+        raise ValueError("a bug")
+
+    with pytest.raises(ValueError):
+        outcomes.retry_until_done(bug, threading.Event(), "move it")
