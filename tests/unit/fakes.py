@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -14,7 +14,8 @@ from dapr.clients.grpc._state import Concurrency, StateOptions
 
 from worker.gateway import InstanceState
 from worker.handlers.inbound import Inbound
-from worker.outcomes import Missing, Rejected
+from worker.origin import unwrap
+from worker.outcomes import Missing, Rejected, Transient
 
 
 class FakeRpcError(grpc.RpcError):  # type: ignore[misc]
@@ -317,6 +318,23 @@ class FakeGateway:
     def mutations(self) -> list[tuple[Any, ...]]:
         """Every call other than reads."""
         return [c for c in self.calls if c[0] not in ("get_state", "history")]
+
+
+@dataclass
+class StartMadeAnswerLost(FakeGateway):
+    """Makes the start (the instance exists, RUNNING, with the origin its input carries), then
+    raises ``answer(workflow, instance_id)``: the start was made, its answer lost (a deadline
+    passed, or the sidecar's own retry in a fail-over answered ALREADY_EXISTS)."""
+
+    answer: Callable[[str, str], Exception] = field(
+        default=lambda workflow, instance_id: Transient(f"start {instance_id}: deadline exceeded")
+    )
+
+    def start(self, workflow: str, instance_id: str, data: Any, start_at: datetime | None) -> None:
+        super().start(workflow, instance_id, data, start_at)
+        origin, _ = unwrap(data)
+        self.states[instance_id] = replace(state(instance_id, "RUNNING"), origin=origin)
+        raise self.answer(workflow, instance_id)
 
 
 def state(

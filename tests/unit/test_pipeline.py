@@ -11,7 +11,12 @@ import pytest
 from cloudevents.sdk.event import v1
 from dapr.clients.grpc._response import TopicEventResponse
 
-from tests.unit.fakes import FakeGateway, FakePublishClient, FakeRpcError, FakeStateClient, state
+from tests.unit.fakes import (
+    FakePublishClient,
+    FakeRpcError,
+    FakeStateClient,
+    StartMadeAnswerLost,
+)
 from worker.config import Settings
 from worker.events import EVENT_TYPE_PREFIX, EventType
 from worker.gateway import WorkflowGateway
@@ -20,7 +25,6 @@ from worker.handlers.pipeline import Pipeline
 from worker.handlers.report import report
 from worker.handlers.start import StartHandler
 from worker.idempotency import Begin, Claim, IdempotencyStore, message_key
-from worker.origin import unwrap
 from worker.outcomes import Rejected, Transient
 from worker.publisher import Outbound, StatusPublisher
 
@@ -306,16 +310,6 @@ def test_every_outcome_is_audited_as_one_json_line(
     assert {line["outcome"] for line in lines} == {"success"}
 
 
-class _TimingOutGateway(FakeGateway):
-    """Makes the start, then answers as if its deadline passed (the answer was lost)."""
-
-    def start(self, workflow: str, instance_id: str, data: Any, start_at: Any) -> None:
-        super().start(workflow, instance_id, data, start_at)
-        origin, _ = unwrap(data)
-        self.states[instance_id] = replace(state(instance_id, "RUNNING"), origin=origin)
-        raise Transient(f"start {instance_id}: deadline exceeded")
-
-
 @pytest.mark.parametrize("instance_id", [None, "order-9"])
 def test_a_timed_out_start_then_a_redelivery_never_recreates_the_finished_instance(
     harness: Harness, instance_id: str | None
@@ -324,7 +318,7 @@ def test_a_timed_out_start_then_a_redelivery_never_recreates_the_finished_instan
     before the redelivery. The redelivery is a take-over (never NEW), looks the instance
     up, recognises it as its own and reports `started` again: no second start, which daprd
     would have turned into a silent recreate of the finished instance."""
-    gateway = _TimingOutGateway()
+    gateway = StartMadeAnswerLost()  # its deadline passed
     handler = StartHandler(cast(WorkflowGateway, gateway), ["approval_workflow"])
     body = {"workflow": "approval_workflow"} | ({"instance_id": instance_id} if instance_id else {})
     event = cloud_event(data=json.dumps(body).encode())

@@ -8,7 +8,7 @@ from typing import Any, cast
 
 import pytest
 
-from tests.unit.fakes import FakeGateway, inbound, state
+from tests.unit.fakes import FakeGateway, StartMadeAnswerLost, inbound, state
 from worker.events import EventType
 from worker.gateway import WorkflowGateway
 from worker.handlers.inbound import Inbound
@@ -250,25 +250,24 @@ def test_an_instance_another_message_started_is_rejected(
     assert gateway.mutations() == []
 
 
-class _RefusingGateway(FakeGateway):
+def _refusing_gateway() -> StartMadeAnswerLost:
     """Creates the instance, then answers ALREADY_EXISTS (a sidecar retry in a fail-over)."""
-
-    def start(self, workflow: str, instance_id: str, data: Any, start_at: Any) -> None:
-        super().start(workflow, instance_id, data, start_at)
-        origin, _ = unwrap(data)
-        self.states[instance_id] = replace(state(instance_id, "RUNNING"), origin=origin)
-        raise Rejected(f"start {workflow} as {instance_id}: instance already exists")
+    return StartMadeAnswerLost(
+        answer=lambda workflow, instance_id: Rejected(
+            f"start {workflow} as {instance_id}: instance already exists"
+        )
+    )
 
 
 def test_a_refused_start_that_in_fact_created_the_instance_is_a_success() -> None:
-    gateway = _RefusingGateway()
+    gateway = _refusing_gateway()
     handler = StartHandler(cast(WorkflowGateway, gateway), ALLOWED)
     events = handler.handle(start_message(instance_id="order-1"), NEW)
     assert [e.event.event for e in events] == [EventType.STARTED]
 
 
 def test_a_refused_start_of_someone_elses_instance_stays_rejected() -> None:
-    gateway = _RefusingGateway()
+    gateway = _refusing_gateway()
     handler = StartHandler(cast(WorkflowGateway, gateway), ALLOWED)
 
     def other_message_wins(workflow: str, instance_id: str, data: Any, start_at: Any) -> None:
@@ -285,7 +284,7 @@ def test_a_refused_start_of_someone_elses_instance_stays_rejected() -> None:
 def test_a_refused_start_whose_instance_has_not_run_yet_is_retried_not_rejected() -> None:
     """Seen in a replica kill: the sidecar created the instance, answered ALREADY_EXISTS, and
     the instance was still PENDING, so its input (and origin) was not visible yet."""
-    gateway = _RefusingGateway()
+    gateway = _refusing_gateway()
     handler = StartHandler(cast(WorkflowGateway, gateway), ALLOWED)
 
     def created_but_not_run(workflow: str, instance_id: str, data: Any, start_at: Any) -> None:
