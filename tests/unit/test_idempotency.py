@@ -135,21 +135,26 @@ def test_stale_claim_is_taken_over(
     assert store.begin("k1").outcome is Begin.BUSY
 
 
-def test_takeover_lost_to_a_concurrent_writer_is_busy(
-    store: IdempotencyStore, client: FakeStateClient, clock: Clock
-) -> None:
-    store.begin("k1")
-    clock.now += _LEASE + 1
+def _another_delivery_takes_the_claim_after_each_read(client: FakeStateClient) -> None:
+    """Between our read of a claim and our write, another delivery takes it over."""
     original_get = client.get_state
 
     def get_then_race(store_name: str, key: str) -> object:
         item = original_get(store_name, key)
-        if "claim" in key:  # another delivery takes it over between our read and our write
+        if "claim" in key:
             raw, version = client.items[key]
             client.items[key] = (raw, version + 1)
         return item
 
     client.get_state = get_then_race  # type: ignore[assignment,method-assign]
+
+
+def test_takeover_lost_to_a_concurrent_writer_is_busy(
+    store: IdempotencyStore, client: FakeStateClient, clock: Clock
+) -> None:
+    store.begin("k1")
+    clock.now += _LEASE + 1
+    _another_delivery_takes_the_claim_after_each_read(client)
     assert store.begin("k1").outcome is Begin.BUSY
 
 
@@ -186,16 +191,7 @@ def test_a_released_claim_is_taken_over_by_one_delivery_only(
 ) -> None:
     store.begin("k1")
     store.release("k1")
-    original_get = client.get_state
-
-    def get_then_race(store_name: str, key: str) -> object:
-        item = original_get(store_name, key)
-        if "claim" in key:  # another delivery takes it over between our read and our write
-            raw, version = client.items[key]
-            client.items[key] = (raw, version + 1)
-        return item
-
-    client.get_state = get_then_race  # type: ignore[assignment,method-assign]
+    _another_delivery_takes_the_claim_after_each_read(client)
     assert store.begin("k1").outcome is Begin.BUSY
 
 
