@@ -458,15 +458,9 @@ def _publish(http_port: int, topic: str, data: Any) -> None:
             "data": data,
         }
     ).encode()
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{http_port}/v1.0/publish/pubsub/{topic}",
-        data=body,
-        headers={"Content-Type": "application/cloudevents+json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        if response.status != 204:
-            raise RuntimeError(f"publish to {topic}: HTTP {response.status}")
+    status = devstack.publish(http_port, topic, body, "application/cloudevents+json", timeout=30)
+    if status != 204:
+        raise RuntimeError(f"publish to {topic}: HTTP {status}")
 
 
 # --- timeliness --------------------------------------------------------------------------------

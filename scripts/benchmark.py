@@ -216,15 +216,11 @@ class Host:
                 "data": data,
             }
         ).encode()
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.sidecar.http_port}/v1.0/publish/pubsub/{topic}",
-            data=body,
-            headers={"Content-Type": "application/cloudevents+json"},
-            method="POST",
-        )
         sent = time.time()
-        with urllib.request.urlopen(request, timeout=30) as response:
-            assert response.status == 204
+        status = devstack.publish(
+            self.sidecar.http_port, topic, body, "application/cloudevents+json", timeout=30
+        )
+        assert status == 204, status
         return sent
 
 

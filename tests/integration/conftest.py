@@ -13,7 +13,6 @@ import contextlib
 import json
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -187,15 +186,11 @@ class Observer:
         else:
             envelope["data"] = data
         body = json.dumps(envelope).encode()
-        headers = {"Content-Type": "application/cloudevents+json"}
-        url = self._url(topic, via)
-        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-        with urllib.request.urlopen(request, timeout=10) as response:
-            assert response.status == 204, response.status
+        status = devstack.publish(
+            via or self.http_port, topic, body, "application/cloudevents+json"
+        )
+        assert status == 204, status
         return message_id
-
-    def _url(self, topic: str, via: int | None = None) -> str:
-        return f"http://127.0.0.1:{via or self.http_port}/v1.0/publish/pubsub/{topic}"
 
 
 @dataclass
@@ -420,14 +415,10 @@ def _logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
 def publish_plain(sidecar: devstack.Sidecar, topic: str, body: dict[str, Any]) -> None:
     """What `dapr publish` does: POST plain JSON to the sidecar's publish endpoint (the
     sidecar wraps it in a CloudEvent of its own)."""
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{sidecar.http_port}/v1.0/publish/pubsub/{topic}",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
+    status = devstack.publish(
+        sidecar.http_port, topic, json.dumps(body).encode(), "application/json"
     )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        assert response.status == 204, response.status
+    assert status == 204, status
 
 
 def unique(prefix: str) -> str:

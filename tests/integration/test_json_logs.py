@@ -4,7 +4,6 @@ every line of its output is one JSON object, and the lines about a message carry
 from __future__ import annotations
 
 import json
-import urllib.request
 import uuid
 from typing import Any
 
@@ -28,14 +27,9 @@ def _publish_traced(observer: Observer, topic: str, data: Any, traceparent: str)
         "traceid": traceparent,
         "data": data,
     }
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{observer.http_port}/v1.0/publish/pubsub/{topic}",
-        data=json.dumps(envelope).encode(),
-        headers={"Content-Type": "application/cloudevents+json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        assert response.status == 204
+    body = json.dumps(envelope).encode()
+    status = devstack.publish(observer.http_port, topic, body, "application/cloudevents+json")
+    assert status == 204, status
     return message_id
 
 

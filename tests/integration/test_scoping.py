@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 from cloudevents.sdk.event import v1
@@ -18,17 +16,8 @@ from tests.integration.conftest import Observer, Worker, unique
 
 
 def _publish(http_port: int, topic: str) -> int:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{http_port}/v1.0/publish/pubsub/{topic}",
-        data=json.dumps({"workflow": "counter_workflow"}).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as error:
-        return int(error.code)
+    body = json.dumps({"workflow": "counter_workflow"}).encode()
+    return devstack.publish(http_port, topic, body, "application/json")
 
 
 @pytest.mark.parametrize("topic", ["workflow.start", "workflow.approval", "workflow.control"])
