@@ -32,6 +32,11 @@ def time_set(value: datetime | None) -> bool:
     return value is not None and as_utc(value) >= NO_TIME
 
 
+def iso(value: datetime | None) -> str:
+    """``value`` in UTC as ISO 8601, "" when there is none."""
+    return as_utc(value).isoformat() if value is not None else ""
+
+
 UtcTime = Annotated[datetime, AfterValidator(as_utc)]
 """A time that is always published as RFC 3339 with an offset (``...+00:00``)."""
 

@@ -35,7 +35,7 @@ from typing import Any
 import grpc
 from dapr.clients.grpc._state import Concurrency, StateOptions
 
-from worker.events import as_utc, time_set
+from worker.events import iso, time_set
 from worker.idempotency import StateClient
 from worker.outcomes import Transient
 
@@ -48,7 +48,7 @@ _ANY_RUN = ""  # raises noted without a run: they count in every run
 
 def run_of(created_at: datetime | None) -> str:
     """The run of an instance created at ``created_at``, as notes and the watch name it."""
-    return as_utc(created_at).isoformat() if created_at is not None else ""
+    return iso(created_at)
 
 
 def noted_run(created_at: datetime | None) -> str:

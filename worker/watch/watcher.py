@@ -31,7 +31,15 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from worker.events import EventType, StatusEvent, TimelineEntry, as_utc, now, stable_event_id
+from worker.events import (
+    EventType,
+    StatusEvent,
+    TimelineEntry,
+    as_utc,
+    iso,
+    now,
+    stable_event_id,
+)
 from worker.expectations import Expectations, run_of
 from worker.gateway import ACTIVE_STATUSES, LIST_PAGE, InstanceState, WorkflowGateway
 from worker.outcomes import Missing, Rejected, Transient
@@ -358,7 +366,7 @@ class Watcher:
                 seen, started = self._new_run(instance_id, state, run)
                 events += started
             events += self._status_change(instance_id, state, seen)
-            updated = _iso(state.last_updated_at)
+            updated = iso(state.last_updated_at)
             if raised is None and stalls and seen.updated != updated:
                 raised = set()  # the sweep: it moved since, so count its raised events too
             seen.updated = updated
@@ -451,7 +459,7 @@ class Watcher:
         else:
             return []
         when = _real(state.last_updated_at) or now()
-        change = f"{status}@{_iso(when)}"
+        change = f"{status}@{iso(when)}"
         if self._notes.consume_status(instance_id, status, change):
             return []  # the worker made this change; its handler reports it
         return [
@@ -465,7 +473,7 @@ class Watcher:
                 created_at=_real(state.created_at),
                 last_updated_at=state.last_updated_at,
                 at=when,
-                key=_iso(when),
+                key=iso(when),
             )
         ]
 
@@ -547,7 +555,7 @@ class Watcher:
                     workflow=state.workflow,
                     step=late[0],
                     reason=f"{late[0].kind} {late[0].name!r} in flight since "
-                    f"{_iso(late[0].started_at)}",
+                    f"{iso(late[0].started_at)}",
                     at=now(),
                     key=key,
                 )
@@ -594,12 +602,8 @@ def _real(value: datetime | None) -> datetime | None:
     return value if value is not None and as_utc(value).year >= 2000 else None
 
 
-def _iso(value: datetime | None) -> str:
-    return as_utc(value).isoformat() if value is not None else ""
-
-
 def _step_key(step: TimelineEntry) -> str:
-    return f"{step.kind}:{step.name}:{_iso(step.started_at)}"
+    return f"{step.kind}:{step.name}:{iso(step.started_at)}"
 
 
 def hinted(kinds: Iterable[str]) -> tuple[bool, bool]:
