@@ -27,9 +27,12 @@ def as_utc(value: datetime) -> datetime:
 NO_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 
 
-def time_set(value: datetime | None) -> bool:
-    """Whether ``value`` is a real time, not missing nor the sidecar's zero."""
-    return value is not None and as_utc(value) >= NO_TIME
+def real_time(value: datetime | None) -> datetime | None:
+    """``value`` in UTC, or None when it is missing or the sidecar's zero ("not set")."""
+    if value is None:
+        return None
+    value = as_utc(value)
+    return value if value >= NO_TIME else None
 
 
 def iso(value: datetime | None) -> str:

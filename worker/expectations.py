@@ -35,7 +35,7 @@ from typing import Any
 import grpc
 from dapr.clients.grpc._state import Concurrency, StateOptions
 
-from worker.events import iso, time_set
+from worker.events import iso, real_time
 from worker.idempotency import StateClient
 from worker.outcomes import Transient
 
@@ -54,7 +54,7 @@ def run_of(created_at: datetime | None) -> str:
 def noted_run(created_at: datetime | None) -> str:
     """The run a handler notes a raise under: `run_of`, or every run while the sidecar shows
     no creation time yet (an instance that has not run: the watch will see its real one)."""
-    if not time_set(created_at):
+    if real_time(created_at) is None:
         return _ANY_RUN
     return run_of(created_at)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from worker.events import EventType, as_utc, now
+from worker.events import EventType, as_utc, now, real_time
 from worker.gateway import ACTIVE_STATUSES, TERMINAL_STATUSES, InstanceState
 from worker.outcomes import Rejected, Transient
 from worker.publisher import Outbound
@@ -187,7 +187,7 @@ class InstanceIndex:
                 instance_id,
                 event.workflow,
                 event.status or "RUNNING",
-                _utc(event.created_at),
+                real_time(event.created_at),
                 at,
                 at,
             )
@@ -197,13 +197,13 @@ class InstanceIndex:
             entry.stalled = event.event is EventType.STALLED and not entry.finished
             return
         entry.workflow = entry.workflow or event.workflow
-        entry.created_at = entry.created_at or _utc(event.created_at)
+        entry.created_at = entry.created_at or real_time(event.created_at)
         if at < entry.as_of:
             return  # older than what it shows
         if event.status:
             entry.status = event.status
         if event.event is EventType.STARTED and event.created_at is not None:
-            entry.created_at = _utc(event.created_at)  # a new run (rerun, replace)
+            entry.created_at = real_time(event.created_at)  # a new run (rerun, replace)
         if event.custom_status is not None:
             entry.custom_status = event.custom_status
         entry.updated_at = at
@@ -226,8 +226,8 @@ class InstanceIndex:
                 state.instance_id,
                 state.workflow or (entry.workflow if entry else None),
                 state.status,
-                _utc(state.created_at),
-                _utc(state.last_updated_at) or (entry.updated_at if entry else None),
+                real_time(state.created_at),
+                real_time(state.last_updated_at) or (entry.updated_at if entry else None),
                 read_at,
                 stalled=bool(entry and entry.stalled and state.status in ACTIVE_STATUSES),
                 last_event=entry.last_event if entry else None,
@@ -336,13 +336,6 @@ class InstanceIndex:
         with self._lock:
             self.changed.wait_for(lambda: self.version != version, timeout=timeout)
             return self.version
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    value = as_utc(value)
-    return None if value.year < 2000 else value  # the sidecar's zero time: not set
 
 
 def _same(a: Entry, b: Entry) -> bool:

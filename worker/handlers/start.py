@@ -7,7 +7,7 @@ from collections.abc import Collection
 from datetime import datetime, timedelta
 
 from worker import traces
-from worker.events import EventType, as_utc, now, time_set
+from worker.events import EventType, now, real_time
 from worker.gateway import InstanceState, WorkflowGateway
 from worker.handlers.inbound import Inbound, parse
 from worker.handlers.report import report
@@ -27,11 +27,8 @@ def _undecided(state: InstanceState) -> bool:
     sidecar does not show). Retrying is bounded by the pipeline's attempt limit."""
     if state.origin is not None or state.status != "PENDING":
         return False
-    created = state.created_at
-    if created is None:
-        return True
-    created = as_utc(created)
-    return not time_set(created) or now() - created < _UNDECIDED_FOR
+    created = real_time(state.created_at)
+    return created is None or now() - created < _UNDECIDED_FOR
 
 
 _ID_NAMESPACE = uuid.UUID("0b7e4b8c-2f33-4c52-8a1d-6d1f7e0c9a41")
@@ -140,9 +137,7 @@ class StartHandler:
         the start took effect.
         """
         delayed = self._delayed(request)
-        created = as_utc(created_at) if created_at is not None else now()
-        if not time_set(created):  # the sidecar's "not set yet"
-            created = now()
+        created = real_time(created_at) or now()  # not set yet: it was just created
         return [
             report(
                 message,

@@ -38,6 +38,7 @@ from worker.events import (
     as_utc,
     iso,
     now,
+    real_time,
     stable_event_id,
 )
 from worker.expectations import Expectations, run_of
@@ -437,8 +438,8 @@ class Watcher:
             run,
             status="RUNNING",
             workflow=state.workflow,
-            created_at=_real(state.created_at),
-            at=_real(state.created_at) or now(),
+            created_at=real_time(state.created_at),
+            at=real_time(state.created_at) or now(),
             key=run,
         )
         return Seen(run=run, status="RUNNING"), [event]
@@ -458,7 +459,7 @@ class Watcher:
             kind = EventType.TERMINATED
         else:
             return []
-        when = _real(state.last_updated_at) or now()
+        when = real_time(state.last_updated_at) or now()
         change = f"{status}@{iso(when)}"
         if self._notes.consume_status(instance_id, status, change):
             return []  # the worker made this change; its handler reports it
@@ -470,7 +471,7 @@ class Watcher:
                 status=status,
                 previous_status=was,
                 workflow=state.workflow,
-                created_at=_real(state.created_at),
+                created_at=real_time(state.created_at),
                 last_updated_at=state.last_updated_at,
                 at=when,
                 key=iso(when),
@@ -595,11 +596,6 @@ class Watcher:
             }
         )
         return Outbound(stable_event_id(instance_id, run, "observed", kind.value, key), event)
-
-
-def _real(value: datetime | None) -> datetime | None:
-    """``value``, unless it is the sidecar's "not set" (a zero timestamp)."""
-    return value if value is not None and as_utc(value).year >= 2000 else None
 
 
 def _step_key(step: TimelineEntry) -> str:
