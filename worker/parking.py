@@ -101,15 +101,13 @@ class ParkingLot:
         """Until ``stopping`` is set: hand every parked message to ``retry`` (the pipeline),
         every `PARK_POLL_SECONDS` while there are any (`PARK_IDLE_POLL_SECONDS` while there
         are none), and at once when nudged."""
-        interval = PARK_POLL_SECONDS
         while not stopping.is_set():
-            self._wake.wait(interval)
+            self._wake.wait(PARK_POLL_SECONDS if self._may_hold else PARK_IDLE_POLL_SECONDS)
             self._wake.clear()
             if stopping.is_set():
                 return
             try:
                 parked = self.parked()
-                interval = PARK_POLL_SECONDS if parked else PARK_IDLE_POLL_SECONDS
                 for message_key in sorted(parked, key=lambda k: (parked[k], k)):  # oldest first
                     if stopping.is_set():
                         return
