@@ -32,7 +32,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import re
 import socket
 import statistics
@@ -106,12 +105,6 @@ def summary_ms(latencies: list[float]) -> dict[str, float]:
         return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)] * 1000
 
     return {"p50_ms": at(0.50), "p95_ms": at(0.95), "max_ms": ordered[-1] * 1000}
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def machine_ticks() -> tuple[int, int]:
@@ -730,7 +723,10 @@ def measure_window(
     print(f"  window {name}: {seconds:.0f} s", flush=True)
     log_start = worker.proc.log.stat().st_size
     redis0 = redis_commands(stack.redis_port)
-    calls0, cpu0 = server_calls(worker.metrics_port), {k: cpu_seconds(p) for k, p in pids.items()}
+    calls0, cpu0 = (
+        server_calls(worker.metrics_port),
+        {k: devstack.cpu_seconds(p) for k, p in pids.items()},
+    )
     events0, ticks0, began = consumer.count(), machine_ticks(), time.monotonic()
     series: list[dict[str, Any]] = []
     while (elapsed := time.monotonic() - began) < seconds:
@@ -739,11 +735,14 @@ def measure_window(
             {
                 "t": round(time.monotonic() - began, 1),
                 "calls": server_calls(worker.metrics_port),
-                "worker_cpu_s": round(cpu_seconds(pids["worker"]) - cpu0["worker"], 3),
+                "worker_cpu_s": round(devstack.cpu_seconds(pids["worker"]) - cpu0["worker"], 3),
             }
         )
     wall = time.monotonic() - began
-    calls1, cpu1 = server_calls(worker.metrics_port), {k: cpu_seconds(p) for k, p in pids.items()}
+    calls1, cpu1 = (
+        server_calls(worker.metrics_port),
+        {k: devstack.cpu_seconds(p) for k, p in pids.items()},
+    )
     ticks1, redis1 = machine_ticks(), redis_commands(stack.redis_port)
     swept = sweeps_in(worker.proc.log, log_start, worker.proc.log.stat().st_size)
     delta = {m: calls1.get(m, 0) - calls0.get(m, 0) for m in sorted(set(calls0) | set(calls1))}

@@ -157,12 +157,12 @@ class Host:
         self.client = DaprWorkflowClient(host="127.0.0.1", port=str(self.sidecar.grpc_port))
 
     def cpu_seconds(self) -> float:
-        return _cpu_seconds(self.proc.popen.pid)
+        return devstack.cpu_seconds(self.proc.popen.pid)
 
     def stack_cpu(self) -> dict[str, float]:
         """CPU seconds so far of each process of the stack (worker host, its sidecar, Redis,
         placement, scheduler, ...), by name: where a phase's time goes."""
-        return {proc.name: _cpu_seconds(proc.popen.pid) for proc in self.stack.procs}
+        return {proc.name: devstack.cpu_seconds(proc.popen.pid) for proc in self.stack.procs}
 
     def peak_rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.popen.pid}/status").read_text().splitlines():
@@ -222,12 +222,6 @@ class Host:
         )
         assert status == 204, status
         return sent
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of ``pid`` and of its waited-for children."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def _cpu_since(host: Host, before: dict[str, float]) -> dict[str, float]:
