@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -68,21 +69,30 @@ def test_messages_accepted_ahead_survive_a_worker_crash(stack: devstack.Stack) -
     """The in-memory pub/sub hands the worker one message at a time, so the worker answers
     each once it is in its journal (in the sidecar's memory) and starts it after. Killed with
     messages accepted and not yet run, the worker runs them when it comes back: none is lost
-    for having been answered early."""
-    crashing = start_worker(stack, "crash-worker", profile="default")
+    for having been answered early.
+
+    The starts are delayed (``start_at``) past the restart, so no workflow runs in the process
+    that is killed: daprd 1.18.2 can wedge when the process hosting the workflows dies while a
+    run is being handed to it (README, "What is guaranteed"), which is not what this tests. A
+    start the kill cut short after its instance was made stays undecided until that instance
+    runs and shows whose it is."""
+    # One lane and four journal slots: the lane cannot keep up with the deliveries, so the
+    # journal is full of accepted messages when the worker is killed.
+    crashing = start_worker(
+        stack, "crash-worker", profile="default", env={"WORKER_MAX_CONCURRENCY": "1"}
+    )
+    later = (datetime.now(UTC) + timedelta(seconds=20)).isoformat()
     try:
         ids = [unique("ahead") for _ in range(40)]
         for instance_id in ids:
             publish_plain(
                 crashing.sidecar,
                 "workflow.start",
-                {"workflow": "greeting_workflow", "instance_id": instance_id, "input": "x"},
+                {"workflow": "greeting_workflow", "instance_id": instance_id, "start_at": later},
             )
         crashing.proc.kill()  # at once: most of them are only journaled
         restart_worker(stack, crashing, "crash-worker-2")
-        # Started, each of them. (Not waiting for COMPLETED: an orchestration whose work item
-        # was with the killed process may wait minutes for daprd to hand it out again.)
-        for instance_id in ids:
+        for instance_id in ids:  # created, each of them
             crashing.wait_status(instance_id, {"PENDING", "RUNNING", "COMPLETED"}, timeout=60)
         log = crashing.proc.log.read_text(errors="replace")
         assert "recovering" in log, "the restarted worker found nothing in its journal"
