@@ -214,7 +214,7 @@ class Consumer:
         devstack.wait_until(lambda: devstack.port_open(port), 10, "consumer app")
         consumer.sidecar = stack.start_sidecar(
             CONSUMER_ID,
-            _one_at_a_time(stack.components("redis")),
+            devstack.one_at_a_time(stack.components("redis")),
             app_port=port,
             wait_for_app=True,
             name="daprd-consumer",
@@ -313,20 +313,6 @@ class Consumer:
                 "wrong_observed_flag": flagged[:10],
             },
         }
-
-
-def _one_at_a_time(components: Path) -> Path:
-    """A copy of the components whose pub/sub delivers one message at a time."""
-    ordered = components.with_name(components.name + "-sequential")
-    ordered.mkdir(exist_ok=True)
-    for source in components.glob("*.yaml"):
-        text = source.read_text().replace(
-            '- name: concurrency\n      value: "32"', '- name: concurrency\n      value: "1"'
-        )
-        (ordered / source.name).write_text(text)
-    if 'value: "1"' not in (ordered / "pubsub.yaml").read_text():
-        raise RuntimeError("the pub/sub component's concurrency setting has moved")
-    return ordered
 
 
 # --- the stack ---------------------------------------------------------------------------------

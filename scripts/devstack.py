@@ -69,6 +69,35 @@ def traced_config(dest: Path, zipkin_port: int) -> Path:
     return dest
 
 
+def write_resource(path: Path, text: str) -> None:
+    """Write a file of a resources folder that running sidecars may be watching: daprd 1.18
+    hot-reloads them, and a file caught half-written (a rewrite truncates it first) reads as
+    deleted: a deleted Resiliency restarts the sidecar, which then loads the folder without the
+    component being rewritten (seen: "state store statestore is not configured" for the rest
+    of a test session). So: unchanged text is not written again, new text replaces the file
+    in one rename."""
+    if path.exists() and path.read_text() == text:
+        return
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def one_at_a_time(components: Path) -> Path:
+    """A copy of ``components`` whose pub/sub delivers one message at a time: how a consumer
+    that needs per-instance order reads (the worker's own copy delivers 32 at once)."""
+    ordered = components.with_name(components.name + "-sequential")
+    ordered.mkdir(exist_ok=True)
+    for source in components.glob("*.yaml"):
+        text = source.read_text().replace(
+            '- name: concurrency\n      value: "32"', '- name: concurrency\n      value: "1"'
+        )
+        write_resource(ordered / source.name, text)
+    if 'value: "1"' not in (ordered / "pubsub.yaml").read_text():
+        raise RuntimeError("the pub/sub component's concurrency setting has moved")
+    return ordered
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -374,9 +403,9 @@ class Stack:
                 text = text.replace("localhost:6379", f"127.0.0.1:{self.redis_port}")
             for old, new in self.component_patches.items():
                 text = text.replace(old, new)
-            (dest / source.name).write_text(text)
+            write_resource(dest / source.name, text)
         for name, text in (extra or {}).items():
-            (dest / name).write_text(text)
+            write_resource(dest / name, text)
         return dest
 
     def start_sidecar(

@@ -269,7 +269,7 @@ def observer(stack: devstack.Stack) -> Iterator[Observer]:
     devstack.wait_until(lambda: devstack.port_open(app_port), 10, "observer app")
     sidecar = stack.start_sidecar(
         "workflow-client",
-        _sequential(stack.components("redis")),
+        devstack.one_at_a_time(stack.components("redis")),
         app_port=app_port,
         wait_for_app=True,
     )
@@ -281,20 +281,6 @@ def observer(stack: devstack.Stack) -> Iterator[Observer]:
     errors, violations = collected.new_contract_problems()
     assert not errors, "status events that break the schema:\n" + "\n".join(errors[:20])
     assert not violations, f"events out of order by occurred_at: {violations}"
-
-
-def _sequential(components: Path) -> Path:
-    """A copy of ``components`` whose pub/sub delivers one message at a time: how a consumer
-    that needs per-instance order reads (the worker's own copy delivers 32 at once)."""
-    ordered = components.with_name(components.name + "-sequential")
-    ordered.mkdir(exist_ok=True)
-    for source in components.glob("*.yaml"):
-        text = source.read_text().replace(
-            '- name: concurrency\n      value: "32"', '- name: concurrency\n      value: "1"'
-        )
-        (ordered / source.name).write_text(text)
-    assert 'value: "1"' in (ordered / "pubsub.yaml").read_text()
-    return ordered
 
 
 def start_worker(
