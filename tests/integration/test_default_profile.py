@@ -90,7 +90,7 @@ def test_messages_accepted_ahead_survive_a_worker_crash(stack: devstack.Stack) -
                 "workflow.start",
                 {"workflow": "greeting_workflow", "instance_id": instance_id, "start_at": later},
             )
-        crashing.proc.kill()  # at once: most of them are only journaled
+        crashing.proc.kill()  # at once: the journal holds messages accepted and not yet run
         restart_worker(stack, crashing, "crash-worker-2")
         for instance_id in ids:  # created, each of them
             crashing.wait_status(instance_id, {"PENDING", "RUNNING", "COMPLETED"}, timeout=60)
