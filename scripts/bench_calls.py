@@ -44,22 +44,14 @@ from scripts.benchmark import (
 # The worker's path for one start, as (call, how many times), per profile. The embedded
 # default keeps its records in the sidecar's memory (the `idempotency` store) and journals each
 # delivery before answering it (worker.intake).
-WORKER_PATH = {
-    "redis": {
-        "publish": 2,  # the start message in, the `started` event out (each with its delivery)
-        "save first-write": 1,  # the claim
-        "get instance": 1,  # does it exist, and whose is it
-        "start": 1,
-        "save": 1,  # the done record
-    },
-    "default": {
-        "publish": 2,
-        "save first-write": 1,
-        "get instance": 1,
-        "start": 1,
-        "save": 2,  # the journal slot, the done record
-    },
+_PATH = {
+    "publish": 2,  # the start message in, the `started` event out (each with its delivery)
+    "save first-write": 1,  # the claim
+    "get instance": 1,  # does it exist, and whose is it
+    "start": 1,
+    "save": 1,  # the done record
 }
+WORKER_PATH = {"redis": _PATH, "default": {**_PATH, "save": 2}}  # + the journal slot
 # Where the worker keeps its records, per profile (worker.sidecar.records_store).
 RECORDS_STORE = {"redis": "statestore", "default": "idempotency"}
 

@@ -538,7 +538,7 @@ def _cpu_parts(run: dict[str, Any], phase: str) -> dict[str, float]:
         elif name in ("scheduler", "redis"):
             part = name
         else:
-            part = "total"  # placement and the like: counted in the total only
+            continue  # placement and the like: counted in the total only
         parts[part] += ms
     parts["total"] = sum(per_start.values())
     return parts

@@ -24,7 +24,7 @@ def as_utc(value: datetime) -> datetime:
 
 # A creation time before this is the sidecar's "not set" (a zero timestamp), shown for an
 # instance that has not run yet.
-NO_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+_NO_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 def real_time(value: datetime | None) -> datetime | None:
@@ -32,7 +32,7 @@ def real_time(value: datetime | None) -> datetime | None:
     if value is None:
         return None
     value = as_utc(value)
-    return value if value >= NO_TIME else None
+    return value if value >= _NO_TIME else None
 
 
 def iso(value: datetime | None) -> str:

@@ -432,14 +432,15 @@ class Watcher:
         if full.origin is not None and full.origin.started(instance_id):
             # Its handler reported `started` (or `scheduled`, and the workflow `started`).
             return Seen(run=run, status="RUNNING"), []
+        created = real_time(state.created_at)
         event = self._observed(
             instance_id,
             EventType.STARTED,
             run,
             status="RUNNING",
             workflow=state.workflow,
-            created_at=real_time(state.created_at),
-            at=real_time(state.created_at) or now(),
+            created_at=created,
+            at=created or now(),
             key=run,
         )
         return Seen(run=run, status="RUNNING"), [event]
