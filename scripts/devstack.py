@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import random
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -98,10 +100,28 @@ def one_at_a_time(components: Path) -> Path:
     return ordered
 
 
+# Ports are handed out from below Linux's ephemeral range (32768-60999 by default), where the
+# kernel never puts the local end of an outgoing connection, and never twice in one process.
+_PORTS = range(20000, 32768)
+_handed_out: set[int] = set()
+_ports_lock = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port that nothing listens on now and that this process has not handed out before:
+    two calls never return the same port, even before the first one is bound."""
+    with _ports_lock:
+        candidates = [p for p in _PORTS if p not in _handed_out]
+        while candidates:
+            port = candidates.pop(random.randrange(len(candidates)))
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("0.0.0.0", port))
+                except OSError:
+                    continue
+            _handed_out.add(port)
+            return port
+    raise RuntimeError(f"no free port left in {_PORTS.start}-{_PORTS.stop - 1}")
 
 
 def wait_until(
