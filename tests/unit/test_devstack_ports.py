@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +16,8 @@ def test_free_ports_never_repeat_within_a_run() -> None:
 
 
 def test_free_ports_stay_out_of_the_kernels_ephemeral_range() -> None:
-    low, high = (int(n) for n in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+    ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    low, high = (int(n) for n in ephemeral)
     ports = {devstack.free_port() for _ in range(200)}
     assert not {p for p in ports if low <= p <= high}
 

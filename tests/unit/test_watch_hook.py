@@ -258,3 +258,48 @@ def test_the_first_work_item_of_a_rerun_is_hinted() -> None:
     assert hints == [(ID, [])]
     sdk_worker._execute_orchestrator(item, "stub", "t")  # met before: steps are not hinted
     assert hints == [(ID, [])]
+
+
+_CHANGES = [
+    {"executionSuspended": h.ExecutionSuspendedEvent()},
+    {"executionResumed": h.ExecutionResumedEvent()},
+    {"executionTerminated": h.ExecutionTerminatedEvent()},
+]
+_CHANGE_IDS = ["suspended", "resumed", "terminated"]
+
+
+@pytest.mark.parametrize("change", _CHANGES, ids=_CHANGE_IDS)
+@pytest.mark.parametrize("met_before", [True, False], ids=["met-before", "first-met"])
+def test_a_change_to_an_instance_the_worker_started_is_hinted(
+    change: dict[str, Any], met_before: bool
+) -> None:
+    """Its start is among the past events of every later work item: what the work item
+    carries now is a change of its own (an operator's `dapr workflow suspend`, say)."""
+    sdk_worker = SdkWorker()
+    hints: list[Hint] = []
+    ours: list[str] = []
+    hook.install(
+        _runtime(sdk_worker), lambda i, raised: hints.append((i, list(raised))), ours.append
+    )
+    start = _start(Origin("publisher", "msg-1").wrap({"a": 1}))
+    if met_before:
+        sdk_worker._execute_orchestrator(_work_item(start), "stub", "t")
+        assert (hints, ours) == ([], [ID])
+    item = _work_item(_event(**change))
+    item.pastEvents.append(start)
+    sdk_worker._execute_orchestrator(item, "stub", "t")
+    assert hints == [(ID, [])]
+    assert ours == [ID]  # a restart meeting it mid-way still takes it as the worker's
+
+
+def test_a_new_generation_of_a_run_the_worker_started_is_not_hinted() -> None:
+    """continue-as-new: each generation starts with the worker's envelope (the next
+    generation's), and nothing else changed."""
+    sdk_worker = SdkWorker()
+    hints = _hooked(sdk_worker)
+    origin = Origin("publisher", "msg-1")
+    sdk_worker._execute_orchestrator(_work_item(_start(origin.wrap(0))), "stub", "t")
+    sdk_worker._execute_orchestrator(
+        _work_item(_start(origin.next_generation().wrap(1))), "stub", "t"
+    )
+    assert hints == []

@@ -47,23 +47,41 @@ def install(
             return execute(request, *args, **kwargs)
         finally:
             try:
-                kinds = [event.WhichOneof("eventType") for event in request.newEvents]
-                wanted, raised = hinted(kinds)
-                # A rerun's first work item carries its copied start among the past events,
-                # and a restart meets running instances mid-way: the first work item of an
-                # instance this process meets is looked at, whatever it holds.
-                first = met.first(request.instanceId)
-                log.debug("watch: work item for %s: %s", request.instanceId, kinds)
-                by_worker = (wanted or first) and _started_by_worker(request)
-                if by_worker:
-                    on_worker_start(request.instanceId)
-                if (wanted or first) and (raised or not by_worker):
-                    on_change(request.instanceId, _raised_at(request) if raised else [])
+                _tell(request, met, on_change, on_worker_start)
             except Exception:  # never let the watch break workflow execution
                 log.debug("watch: could not read a work item", exc_info=True)
 
     sdk_worker._execute_orchestrator = execute_and_tell
     return True
+
+
+def _tell(
+    request: Any,
+    met: _Recent,
+    on_change: Callable[[str, list[datetime]], None],
+    on_worker_start: Callable[[str], None],
+) -> None:
+    kinds = [event.WhichOneof("eventType") for event in request.newEvents]
+    wanted, raised = hinted(kinds)
+    # A rerun's first work item carries its copied start among the past events, and a restart
+    # meets running instances mid-way: the first work item of an instance this process meets
+    # is looked at, whatever it holds.
+    first = met.first(request.instanceId)
+    log.debug("watch: work item for %s: %s", request.instanceId, kinds)
+    if not (wanted or first):
+        return  # steps finishing: nothing the feed reports
+    # Only a start in this work item is a new run; once met, a start among the past events is
+    # the same run's (what else the work item carries is a change of its own).
+    by_worker = _started_by_worker(request, past=first)
+    if by_worker:
+        on_worker_start(request.instanceId)
+    if not by_worker or raised or any(kind in _CHANGES for kind in kinds):
+        on_change(request.instanceId, _raised_at(request) if raised else [])
+
+
+# What someone does to a running instance (the worker too: the watch leaves what it noted as
+# its own to its handler, see `worker.expectations`).
+_CHANGES = frozenset({"executionSuspended", "executionResumed", "executionTerminated"})
 
 
 def _raised_at(request: Any) -> list[datetime]:
@@ -94,9 +112,11 @@ class _Recent:
             return True
 
 
-def _started_by_worker(request: Any) -> bool:
-    """A run that the worker's own start message made (its handler reports it)."""
-    for event in (*request.newEvents, *request.pastEvents):
+def _started_by_worker(request: Any, *, past: bool) -> bool:
+    """Whether the work item starts a run that the worker's own start message made (its
+    handler reports it); ``past``: look among the past events too."""
+    events = (*request.newEvents, *request.pastEvents) if past else request.newEvents
+    for event in events:
         if event.WhichOneof("eventType") != "executionStarted":
             continue
         started = event.executionStarted
@@ -107,4 +127,4 @@ def _started_by_worker(request: Any) -> bool:
         except ValueError:
             return False
         return origin is not None and origin.started(request.instanceId)
-    return False  # suspend, resume, terminate: not a start
+    return False  # no start in it
