@@ -26,6 +26,7 @@ class RejectCode(StrEnum):
     TOO_LARGE = "too_large"  # above max_message_bytes
     UNKNOWN_WORKFLOW = "unknown_workflow"  # not allowed here, or not registered
     UNKNOWN_INSTANCE = "unknown_instance"  # still unknown after the grace period
+    PURGED = "purged"  # the instance existed and was purged (worker.purges)
     INSTANCE_EXISTS = "instance_exists"  # a start for an id in use (or finished, no replace)
     STATE_FORBIDS = "state_forbids"  # the instance's status forbids the action
     SIDECAR_REFUSED = "sidecar_refused"  # any other permanent error from the sidecar

@@ -39,6 +39,7 @@ from worker.intake import Intake
 from worker.outcomes import retry_until_done
 from worker.parking import ParkingLot
 from worker.publisher import StatusPublisher
+from worker.purges import Purges
 from worker.sidecar import (
     SidecarFacts,
     accepts_ahead,
@@ -78,6 +79,7 @@ class Parts:
     workflows: Sequence[str] = ()
     acting: threading.Event | None = None
     records_store: str = "statestore"  # where idempotency records live (worker.sidecar)
+    purges: Purges | None = None  # where purges are noted (worker.purges)
 
 
 class Addon(Protocol):
@@ -145,6 +147,7 @@ class WorkerService:
         if s.allowed_workflows is not None:
             allowed = s.allowed_workflows
         parking = ParkingLot(client, records, s.idempotency_ttl_seconds)
+        purges = Purges(client, records, s.idempotency_ttl_seconds)
         self._pipeline = Pipeline(
             store,
             publisher,
@@ -152,6 +155,7 @@ class WorkerService:
             s.max_message_bytes,
             parking=parking,
             grace_seconds=s.unknown_instance_grace_seconds,
+            purges=purges,
             ready=self._acting,
             instruments=measure,
         )
@@ -163,7 +167,7 @@ class WorkerService:
         handlers: dict[str, TopicHandler] = {
             s.start_topic: StartHandler(self._gateway, allowed),
             s.approval_topic: ApprovalHandler(self._gateway, notes),
-            s.control_topic: ControlHandler(self._gateway, notes),
+            s.control_topic: ControlHandler(self._gateway, notes, purges),
         }
         accept = None
         if accepts_ahead(s, facts):
@@ -212,6 +216,7 @@ class WorkerService:
             workflows=sorted(allowed),
             acting=self._acting,
             records_store=records,
+            purges=purges,
         )
         for addon in self._addons:
             addon.start(parts)

@@ -7,13 +7,14 @@ from typing import Any, cast
 
 import pytest
 
-from tests.unit.fakes import FakeGateway, inbound, state
+from tests.unit.fakes import FakeGateway, FakeStateClient, inbound, state
 from worker.events import EventType
 from worker.gateway import InstanceState, WorkflowGateway
 from worker.handlers.control import ControlHandler
 from worker.idempotency import Begin, Claim
 from worker.outcomes import Missing, RejectCode, Rejected
 from worker.publisher import Outbound
+from worker.purges import Purges
 
 CLAIM = Claim(Begin.NEW, "key")
 
@@ -209,6 +210,30 @@ def test_purge_of_active_instance_is_rejected(
     assert gateway.mutations() == []
 
 
+def _noting(gateway: FakeGateway) -> tuple[ControlHandler, Purges]:
+    purges = Purges(FakeStateClient(), "statestore", ttl_seconds=3600)
+    return ControlHandler(cast(WorkflowGateway, gateway), purges=purges), purges
+
+
+def test_a_purge_is_noted_with_when_it_was_made(gateway: FakeGateway) -> None:
+    handler, purges = _noting(gateway)
+    gateway.states["order-1"] = state("order-1", "COMPLETED")
+    gateway.states["order-2"] = state("order-2", "RUNNING")
+    [outbound] = control(handler, {"action": "purge", "instance_id": "order-1"})
+    assert purges.purged_at("order-1") == outbound.event.occurred_at
+    with pytest.raises(Rejected):
+        control(handler, {"action": "purge", "instance_id": "order-2"}, message_id="msg-2")
+    assert purges.purged_at("order-2") is None  # not purged: nothing noted
+
+
+def test_a_purge_made_before_a_crash_is_noted_by_the_delivery_that_takes_over(
+    gateway: FakeGateway,
+) -> None:
+    handler, purges = _noting(gateway)
+    handler.handle(inbound({"action": "purge", "instance_id": "order-1"}), TAKEN_OVER)
+    assert purges.purged_at("order-1") is not None
+
+
 @pytest.fixture
 def fleet(gateway: FakeGateway) -> FakeGateway:
     gateway.states.update(
@@ -240,6 +265,13 @@ def _check_bulk(events: list[Outbound], purged: list[str]) -> None:
     assert summary.event.count == len(purged)
     assert f"removed {len(purged)} instance(s)" in (summary.event.reason or "")
     assert len({e.event_id for e in events}) == len(events)
+
+
+def test_each_instance_a_bulk_purge_removes_is_noted(fleet: FakeGateway) -> None:
+    handler, purges = _noting(fleet)
+    events = control(handler, {"action": "purge", "statuses": ["FAILED"]})
+    noted = {i for i in fleet.states if purges.purged_at(i) is not None}
+    assert noted == {e.event.instance_id for e in events[:-1]} == {"old-failed", "undated-failed"}
 
 
 def test_bulk_purge_by_status(handler: ControlHandler, fleet: FakeGateway) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import pytest
 
@@ -21,6 +22,7 @@ from worker.idempotency import Claim, IdempotencyStore, message_key
 from worker.outcomes import Missing
 from worker.parking import ParkingLot
 from worker.publisher import Outbound, StatusPublisher
+from worker.purges import Purges
 
 TOPIC = "workflow.approval"
 BODY = b'{"instance_id": "order-1", "data": true}'
@@ -46,6 +48,7 @@ class Rig:
     lot: ParkingLot
     state: FakeStateClient
     pubsub: FakePublishClient
+    purges: Purges
 
     def retry_parked(self, handler: WaitingHandler) -> list[str]:
         """One pass of the lot, as the service runs it; the responses' statuses."""
@@ -65,8 +68,9 @@ def _rig(grace: float) -> Rig:
     store = IdempotencyStore(state, "statestore", ttl_seconds=3600, lease_seconds=60)
     lot = ParkingLot(state, "statestore", ttl_seconds=3600)
     publisher = StatusPublisher(pubsub, Settings(app_id="worker"))
-    pipeline = Pipeline(store, publisher, 3, parking=lot, grace_seconds=grace)
-    return Rig(pipeline, lot, state, pubsub)
+    purges = Purges(state, "statestore", ttl_seconds=3600)
+    pipeline = Pipeline(store, publisher, 3, parking=lot, grace_seconds=grace, purges=purges)
+    return Rig(pipeline, lot, state, pubsub, purges)
 
 
 def test_message_for_a_missing_instance_is_parked_and_acknowledged() -> None:
@@ -118,6 +122,37 @@ def test_without_a_grace_period_an_unknown_instance_is_rejected_at_once() -> Non
     assert response.status.name == "drop"
     assert rig.pubsub.bodies()[0]["reason"] == "unknown instance order-1"
     assert rig.lot.parked() == {}
+
+
+PURGED_AT = datetime(2026, 12, 1, 9, 30, 0, 125000, tzinfo=UTC)
+
+
+def test_a_message_for_a_purged_instance_is_rejected_at_once_saying_when() -> None:
+    """Waiting will not bring a purged instance back: no grace period, no parking."""
+    rig = _rig(grace=180)
+    rig.purges.note("order-1", PURGED_AT)
+    response = rig.pipeline(TOPIC, WaitingHandler(), cloud_event(data=BODY))
+    assert response.status.name == "drop"
+    [rejected] = rig.pubsub.bodies()
+    assert (rejected["event"], rejected["instance_id"], rejected["status"]) == (
+        "rejected",
+        "order-1",
+        "PURGED",
+    )
+    assert rejected["reason"] == (
+        "unknown instance order-1: it was purged at 2026-12-01T09:30:00.125000+00:00"
+    )
+    assert rig.lot.parked() == {}
+
+
+def test_a_parked_message_is_rejected_once_its_instance_is_known_purged() -> None:
+    rig = _rig(grace=180)
+    handler = WaitingHandler()
+    rig.pipeline(TOPIC, handler, cloud_event(data=BODY))
+    assert rig.retry_parked(handler) == ["retry"]
+    rig.purges.note("order-1", PURGED_AT)
+    assert rig.retry_parked(handler) == ["drop"]
+    assert "purged at" in rig.pubsub.bodies()[0]["reason"]
 
 
 def test_a_start_nudges_the_lot() -> None:

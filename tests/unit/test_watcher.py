@@ -26,6 +26,7 @@ from worker.gateway import InstanceState, WorkflowGateway
 from worker.origin import Origin
 from worker.outcomes import Missing
 from worker.publisher import Outbound, StatusPublisher
+from worker.purges import Purges
 from worker.watch import records as records_module
 from worker.watch import watcher as watcher_module
 from worker.watch.records import Records
@@ -166,6 +167,11 @@ class Rig:
     settings: WatchSettings = field(default_factory=lambda: WatchSettings(stall_seconds=3600))
 
     @property
+    def purges(self) -> Purges:
+        """Where purges are noted (shared by replicas and handlers, in the store)."""
+        return Purges(self.store, STORE, 3600)
+
+    @property
     def notes(self) -> Expectations:
         """The handlers' notes (any replica's: they live in the store)."""
         return Expectations(self.store, STORE, 3600)
@@ -180,6 +186,7 @@ class Rig:
             self.notes,
             records,
             replace(self.settings, **settings),
+            self.purges,
         )
         return watcher, records
 
@@ -404,6 +411,9 @@ def test_a_purge_by_others_is_published_once(rig: Rig) -> None:
     )
     assert records.known() == {}
     assert rig.store.keys_with("wfw|seen|") == []
+    purged_at = rig.purges.purged_at(ID)  # a message about it is now rejected at once
+    assert purged_at is not None
+    assert purged_at == datetime.fromisoformat(body["occurred_at"])
 
 
 def test_a_purge_found_by_a_check_is_not_published_again_by_the_sweep(rig: Rig) -> None:

@@ -26,6 +26,7 @@ from worker.messages import (
 )
 from worker.outcomes import Missing, RejectCode, Rejected
 from worker.publisher import Outbound
+from worker.purges import Purges
 from worker.timeline import build_timeline, run_input
 
 log = logging.getLogger(__name__)
@@ -65,10 +66,17 @@ PURGE = Transition(
 
 
 class ControlHandler:
-    def __init__(self, gateway: WorkflowGateway, notes: Expectations | None = None) -> None:
-        """``notes``: where to note a change before making it (when something watches)."""
+    def __init__(
+        self,
+        gateway: WorkflowGateway,
+        notes: Expectations | None = None,
+        purges: Purges | None = None,
+    ) -> None:
+        """``notes``: where to note a change before making it (when something watches);
+        ``purges``: where to note each purge made (`worker.purges`)."""
         self._gateway = gateway
         self._notes = notes
+        self._purges = purges
 
     def handle(self, message: Inbound, claim: Claim) -> list[Outbound]:
         request: ControlAction = parse(message, control_adapter)
@@ -163,6 +171,7 @@ class ControlHandler:
         state = self._gateway.get_state(instance_id, payloads=False)
         if state is None:
             if taken_over and change is PURGE:  # an earlier delivery purged it, then died
+                self._purged(instance_id, now())
                 return [report(message, change.event, instance_id, status=change.target)]
             raise Missing(instance_id)  # perhaps not started yet: parked a while
         if state.status not in change.allowed_from:
@@ -194,6 +203,8 @@ class ControlHandler:
             if self._notes is not None:
                 self._notes.withdraw_status(instance_id, change.target)
             raise
+        if change is PURGE:
+            self._purged(instance_id, at)
         return [
             report(
                 message,
@@ -206,6 +217,10 @@ class ControlHandler:
                 **fields,
             )
         ]
+
+    def _purged(self, instance_id: str, at: datetime) -> None:
+        if self._purges is not None:
+            self._purges.note(instance_id, at)
 
     def _bulk_purge(self, message: Inbound, request: Purge) -> list[Outbound]:
         wanted = {s.value for s in request.statuses} if request.statuses else None
@@ -231,6 +246,7 @@ class ControlHandler:
                     self._notes.withdraw_status(instance_id, PURGE.target)
                 log.info("bulk purge skipped %s: %s", instance_id, error)
                 continue
+            self._purged(instance_id, at)
             events.append(
                 report(
                     message,

@@ -12,19 +12,21 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from cloudevents.sdk.event import v1
 from dapr.clients.grpc._response import TopicEventResponse
 
 from worker import logcontext, traces
-from worker.events import EventType, StatusEvent, now, stable_event_id
+from worker.events import EventType, StatusEvent, iso, now, stable_event_id
 from worker.handlers.inbound import Inbound
 from worker.idempotency import Begin, Claim, IdempotencyStore, message_key
 from worker.instruments import NO_INSTRUMENTS, Instruments, Outcome, RetryReason
 from worker.outcomes import Missing, RejectCode, Rejected, Transient
 from worker.parking import ParkingLot
 from worker.publisher import Outbound, StatusPublisher
+from worker.purges import Purges
 
 log = logging.getLogger(__name__)
 audit = logging.getLogger("worker.audit")
@@ -113,19 +115,22 @@ class Pipeline:
         *,
         parking: ParkingLot | None = None,
         grace_seconds: float = 0.0,
+        purges: Purges | None = None,
         ready: threading.Event | None = None,
         instruments: Instruments = NO_INSTRUMENTS,
     ) -> None:
         """``parking``/``grace_seconds``: where a message for an instance that does not exist
-        yet waits, and for how long (see `worker.parking`). ``ready``: set once the worker
-        can act on messages (its workflow runtime is connected). ``instruments``: told what
-        becomes of each message (`worker.instruments`)."""
+        yet waits, and for how long (see `worker.parking`); ``purges``: which ids were purged
+        (a message about one is rejected at once, see `worker.purges`). ``ready``: set once
+        the worker can act on messages (its workflow runtime is connected). ``instruments``:
+        told what becomes of each message (`worker.instruments`)."""
         self._store = store
         self._publisher = publisher
         self._max_bytes = max_message_bytes
         self._max_attempts = max_transient_attempts
         self._parking = parking
         self._grace = grace_seconds
+        self._purges = purges
         self._ready = ready
         self._instruments = instruments
         self._attempts: OrderedDict[str, int] = OrderedDict()
@@ -204,13 +209,21 @@ class Pipeline:
         except Missing as error:
             first_seen = message.first_seen if message.first_seen is not None else time.time()
             waited = time.time() - first_seen
-            if self._parking is not None and waited < self._grace:
+            purged_at = self._purged_at(error.instance_id)
+            if purged_at is not None:  # it existed: waiting will not bring it back
+                reason = f"{error}: it was purged at {iso(purged_at)}"
+                events = [
+                    rejection(message, reason, instance_id=error.instance_id, status="PURGED")
+                ]
+                status, code = "drop", RejectCode.PURGED
+            elif self._parking is not None and waited < self._grace:
                 return self._park(key, message, first_seen, error)
-            reason = str(error)
-            if self._parking is not None and self._grace > 0:
-                reason += f" (waited {waited:.0f}s for it to be started)"
-            events = [rejection(message, reason, instance_id=error.instance_id)]
-            status, code = "drop", RejectCode.UNKNOWN_INSTANCE
+            else:
+                reason = str(error)
+                if self._parking is not None and self._grace > 0:
+                    reason += f" (waited {waited:.0f}s for it to be started)"
+                events = [rejection(message, reason, instance_id=error.instance_id)]
+                status, code = "drop", RejectCode.UNKNOWN_INSTANCE
         except Rejected as error:
             events = [
                 rejection(
@@ -262,6 +275,16 @@ class Pipeline:
         if self._parking is not None and any(o.event.event in _STARTS for o in events):
             self._parking.nudge()  # a parked message may have waited for this instance
         return _verdict(status, code)
+
+    def _purged_at(self, instance_id: str) -> datetime | None:
+        """When ``instance_id`` was purged, if the worker knows (else it may be started yet)."""
+        if self._purges is None:
+            return None
+        try:
+            return self._purges.purged_at(instance_id)
+        except Transient as error:
+            log.warning("%s; taking %s as not started yet", error, instance_id)
+            return None
 
     def _park(self, key: str, message: Inbound, first_seen: float, missing: Missing) -> Verdict:
         """Keep a message whose instance does not exist yet, and free its delivery."""

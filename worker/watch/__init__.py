@@ -35,6 +35,7 @@ class Watch:
                 lease_seconds=s.watch_lease_seconds,
                 stall_seconds=s.stall_seconds,
             ),
+            parts.purges,
         )
         hooked = hook.install(parts.runtime, self.watcher.hint, self.watcher.started_by_worker)
         parts.publisher.listeners.append(self.watcher.published)

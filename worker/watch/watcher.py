@@ -45,6 +45,7 @@ from worker.expectations import Expectations, run_of
 from worker.gateway import ACTIVE_STATUSES, LIST_PAGE, InstanceState, WorkflowGateway
 from worker.outcomes import Missing, Rejected, Transient
 from worker.publisher import Outbound, StatusPublisher
+from worker.purges import Purges
 from worker.watch.records import Records, Seen
 from worker.watch.steps import pending_steps, raised_events
 
@@ -113,8 +114,11 @@ class Watcher:
         notes: Expectations,
         records: Records,
         settings: WatchSettings,
+        purges: Purges | None = None,
     ) -> None:
+        """``purges``: where to note each purge seen (`worker.purges`)."""
         self._gateway = gateway
+        self._purges = purges
         self._publisher = publisher
         self._notes = notes
         self._records = records
@@ -399,6 +403,9 @@ class Watcher:
             return  # never accounted for: nothing to report
         run = seen.run if seen is not None else ""
         expected = self._notes.consume_status(instance_id, "PURGED", f"purged:{run}")
+        at = now()
+        if self._purges is not None and not expected:  # the worker noted its own purges
+            self._purges.note(instance_id, at)
         if report and not expected:
             self._publisher.publish(
                 self._observed(
@@ -407,7 +414,7 @@ class Watcher:
                     run,
                     status="PURGED",
                     previous_status=seen.status if seen is not None else last_known,
-                    at=now(),
+                    at=at,
                     key=run,
                 )
             )
