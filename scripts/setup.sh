@@ -8,6 +8,8 @@
 #   - Zipkin's server (a jar from Maven Central, through mvn; Java and Maven from Debian when
 #     missing), the trace test's backend
 #   - the Dapr runtime and CLI (scripts/install-dapr.sh; skipped when in place)
+#   - kustomize (pinned, from the Go module proxy) and Dapr's CRDs in the Go module cache, for
+#     the Kubernetes manifests' tests (scripts/install-deploy-tools.sh; skipped when in place)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -103,4 +105,6 @@ if ! { [ -s "$zipkin_jar" ] && echo "$ZIPKIN_SHA256  $zipkin_jar" | sha256sum -c
 fi
 
 bash scripts/install-dapr.sh
+# kustomize and Dapr's CRDs for the Kubernetes manifests' tests (tests/deploy)
+bash scripts/install-deploy-tools.sh
 say "ready"
