@@ -87,6 +87,11 @@ ACTIONS = {
     "resume": "resumed",
     "raise-event": "event_raised",
     "terminate": "terminated",
+    # the same, to never-ending counters the worker started by message
+    "suspend ours": "suspended",
+    "resume ours": "resumed",
+    "terminate ours": "terminated",
+    "resume what the worker suspended": "resumed",
     "rerun": "started",
     "purge": "purged",
 }
@@ -501,6 +506,17 @@ def timeliness(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 results[action] = _latencies(consumer, sent, ACTIONS[action], timeout)
                 _show(action, results[action])
 
+            def start_counters(ids: list[str]) -> None:
+                """Never-ending counters (continue-as-new every second), each started by a
+                `workflow.start` message: the worker's own instances."""
+                assert consumer.sidecar is not None
+                body = {"workflow": "counter_workflow", "input": {"interval_seconds": 1}}
+                for i in ids:
+                    _publish(
+                        consumer.sidecar.http_port, "workflow.start", {**body, "instance_id": i}
+                    )
+                consumer.wait(((i, "started") for i in ids), hint_timeout)
+
             def start_waiting(i: str) -> object:
                 return client.schedule_new_workflow("waiting_workflow", input=None, instance_id=i)
 
@@ -528,6 +544,29 @@ def timeliness(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             more = _paced(ending, gap, start_waiting)
             act("run", {**run, **more})  # both sets: 2N starts
             act("terminate", _paced(ending, gap, client.terminate_workflow))
+            # Operators' changes to the worker's own instances, also after continue-as-new
+            # (a generation a second), and a resume of what the worker suspended by message.
+            ours = [f"ours-{tag}-{k}" for k in range(n)]
+            expect(ours, {"started": False, "suspended": True, "resumed": True, "terminated": True})
+            start_counters(ours)
+            act("suspend ours", _paced(ours, gap, client.pause_workflow))
+            act("resume ours", _paced(ours, gap, client.resume_workflow))
+            act("terminate ours", _paced(ours, gap, client.terminate_workflow))
+            mixed = [f"mixed-{tag}-{k}" for k in range(n)]
+            expect(
+                mixed, {"started": False, "suspended": False, "resumed": True, "terminated": True}
+            )
+            start_counters(mixed)
+            assert consumer.sidecar is not None
+            for i in mixed:
+                _publish(
+                    consumer.sidecar.http_port,
+                    "workflow.control",
+                    {"action": "suspend", "instance_id": i},
+                )
+            consumer.wait(((i, "suspended") for i in mixed), hint_timeout)
+            act("resume what the worker suspended", _paced(mixed, gap, client.resume_workflow))
+            _paced(mixed, 0, client.terminate_workflow)
             results["rerun"] = rerun(worker, consumer, n, gap, tag, sweep_timeout, expect)
             _show("rerun", results["rerun"])
             act("purge", _paced(ending, gap, client.purge_workflow))

@@ -39,6 +39,7 @@ TOPIC_PREFIXES = (
     "metrics.",
     "trace.",
     "jsonlog.",
+    "ops.",
 )
 STATUS_TOPICS = ("workflow.status", *(f"{p}workflow.status" for p in TOPIC_PREFIXES))
 _GRANT = "workflow-client=workflow.start,workflow.approval,workflow.control"

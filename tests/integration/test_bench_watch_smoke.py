@@ -31,6 +31,10 @@ def test_bench_watch_smoke_mode_produces_its_report(tmp_path: Path) -> None:
         "resume",
         "raise-event",
         "terminate",
+        "suspend ours",
+        "resume ours",
+        "terminate ours",
+        "resume what the worker suspended",
         "rerun",
         "purge",
     }
