@@ -67,7 +67,7 @@ def sidecar(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSidecar]:
         def check_alone(self, meta: Metadata, *args: Any) -> Metadata:
             return meta
 
-        def listen(self, pubsub: str, topic: str) -> FakeListener:
+        def listen(self, pubsub: str, topic: str, kind: str) -> FakeListener:
             return FakeListener(fake)
 
         def publish(

@@ -841,7 +841,7 @@ def _listen(options: Options, checked: Session) -> Listener:
         checked.meta, options.pubsub, checked.kind, options.status_topic
     )
     try:
-        return checked.connection.listen(options.pubsub, options.status_topic)
+        return checked.connection.listen(options.pubsub, options.status_topic, checked.kind)
     except CliError:
         raise
     except Exception as error:

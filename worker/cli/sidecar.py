@@ -12,6 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -238,11 +239,25 @@ class Connection:
             return self.metadata().app_id
         return "?"
 
-    def listen(self, pubsub: str, topic: str) -> Listener:
+    def listen(self, pubsub: str, topic: str, kind: str) -> Listener:
         """Subscribe now (before anything is published), within ``connect_timeout``."""
-        listener = Listener(self.client(), pubsub, topic)
+        order = (lambda: self.streams(pubsub, topic)) if kind == "pubsub.in-memory" else None
+        # The SDK's client's own stub (its channel carries the API token); its Subscription
+        # cannot end a stream without cancelling answers still unsent.
+        listener = Listener(self.client()._stub, pubsub, topic, order)
         listener.start(self.connect_timeout)
         return listener
+
+    def streams(self, pubsub: str, topic: str) -> list[str]:
+        """wfctl's tag of each streaming subscription to ``topic``, oldest first ("" for
+        another client's)."""
+        return [
+            str((s.get("metadata") or {}).get(_TAG, ""))
+            for s in self.metadata().subscriptions
+            if s.get("pubsubname") == pubsub
+            and s.get("topic") == topic
+            and s.get("type") == "STREAMING"
+        ]
 
     def close(self) -> None:
         if self._client is not None:
@@ -308,53 +323,196 @@ class _Failure:
     error: BaseException
 
 
-class Listener:
-    """A streaming subscription read by a thread of its own; `get` waits with a timeout."""
+# Closing a stream: wait until no delivery came for _QUIET_SECONDS (at most _DRAIN_SECONDS),
+# then end it and wait up to _END_SECONDS for daprd to end it too (its subscription is gone
+# then).
+_QUIET_SECONDS = 0.1
+_DRAIN_SECONDS = 1.0
+_END_SECONDS = 5.0
+# In-memory pub/sub: streams close oldest first (see Listener); the oldest wfctl stream renews
+# itself once it has been the oldest this long while younger ones exist.
+_RENEW_AFTER_SECONDS = 0.5
+_OLDEST_FIRST_MAX_SECONDS = 15.0
+_TAG = "wfctl.listener"  # in the subscription's metadata: which stream is whose
 
-    def __init__(self, client: Any, pubsub: str, topic: str) -> None:
-        self._client = client
-        self.pubsub = pubsub
-        self.topic = topic
-        self._queue: queue.Queue[Received | _Failure | None] = queue.Queue()
-        self._subscription: Any = None
-        self._closing = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="wfctl-listener", daemon=True)
-        self.opened: _Failure | None = None
+
+class _Stream:
+    """One SubscribeTopicEventsAlpha1 call, read by a thread of its own. Every delivery is
+    answered (success) as soon as it is read, and `end` ends the call from wfctl's side
+    (a half-close sent after those answers), never by cancelling it while an answer is
+    unsent: daprd 1.18.2 retries a delivery that a closed stream left unanswered with the
+    pub/sub's inbound resiliency policy (README, 'Which sidecar wfctl talks to')."""
+
+    def __init__(
+        self, stub: Any, pubsub: str, topic: str, sink: Callable[[Received | _Failure], None]
+    ) -> None:
+        self.tag = uuid.uuid4().hex
+        self._stub = stub
+        self._pubsub = pubsub
+        self._topic = topic
+        self._sink = sink
+        self._answers: queue.Queue[Any] = queue.Queue()
+        self._call: Any = None
+        self._ending = threading.Event()
+        self._ended = threading.Event()
         self._opened = threading.Event()
+        self._open_error: BaseException | None = None
+        self.last_delivery = time.monotonic()
+        self.unanswered = 0  # deliveries read after the half-close (daprd retries those)
 
-    def start(self, timeout: float) -> None:
-        self._thread.start()
+    def _requests(self) -> Iterator[Any]:
+        from dapr.proto import api_v1
+
+        yield api_v1.SubscribeTopicEventsRequestAlpha1(
+            initial_request=api_v1.SubscribeTopicEventsRequestInitialAlpha1(
+                pubsub_name=self._pubsub, topic=self._topic, metadata={_TAG: self.tag}
+            )
+        )
+        while (answer := self._answers.get()) is not None:
+            yield answer
+        # Returning half-closes the call, after every answer queued before.
+
+    def open(self, timeout: float) -> None:
+        threading.Thread(target=self._run, name="wfctl-stream", daemon=True).start()
         if not self._opened.wait(timeout):
-            self.close()
+            self.end()
             raise CliError(
                 Exit.UNAVAILABLE,
-                f"the sidecar did not open a subscription to {self.topic} within {timeout:g}s",
+                f"the sidecar did not open a subscription to {self._topic} within {timeout:g}s",
             )
-        if self.opened is not None:
-            raise self.opened.error
+        if self._open_error is not None:
+            raise self._open_error
 
     def _run(self) -> None:
+        from dapr.common.pubsub.subscription import SubscriptionMessage
+        from dapr.proto import api_v1, appcallback_v1
+
+        success = appcallback_v1.TopicEventResponse(
+            status=appcallback_v1.TopicEventResponse.SUCCESS
+        )
         try:
-            self._subscription = self._client.subscribe(self.pubsub, self.topic)
+            self._call = self._stub.SubscribeTopicEventsAlpha1(self._requests())
+            next(self._call)  # daprd's initial response: subscribed
         except Exception as error:
-            self.opened = _Failure(error)
+            self._open_error = error
             self._opened.set()
+            self._ended.set()
             return
         self._opened.set()
         try:
-            for message in self._subscription:
-                if message is None:
+            for response in self._call:
+                event = response.event_message
+                if not event.id:
                     continue
+                self.last_delivery = time.monotonic()
+                if self._ending.is_set():
+                    self.unanswered += 1
+                    continue
+                processed = api_v1.SubscribeTopicEventsRequestProcessedAlpha1(
+                    id=event.id, status=success
+                )
+                self._answers.put(
+                    api_v1.SubscribeTopicEventsRequestAlpha1(event_processed=processed)
+                )
+                message = SubscriptionMessage(event)
                 data = message.data()
                 if data is None and message.raw_data():
                     with contextlib.suppress(ValueError):
                         data = json.loads(message.raw_data())
-                self._queue.put(Received(str(message.id()), data))
-                self._subscription.respond_success(message)
+                self._sink(Received(str(message.id()), data))
         except Exception as error:
-            if not self._closing.is_set():
-                self._queue.put(_Failure(error))
-        self._queue.put(None)
+            if not self._ending.is_set():
+                self._sink(_Failure(error))
+        finally:
+            self._ended.set()
+
+    def end(self) -> None:
+        """Drain (answering) until quiet, half-close, wait for daprd to end the call."""
+        deadline = time.monotonic() + _DRAIN_SECONDS
+        while not self._ended.is_set() and time.monotonic() < deadline:
+            quiet = time.monotonic() - self.last_delivery
+            if quiet >= _QUIET_SECONDS:
+                break
+            time.sleep(_QUIET_SECONDS - quiet)
+        self._ending.set()
+        self._answers.put(None)
+        if not self._ended.wait(_END_SECONDS) and self._call is not None:
+            with contextlib.suppress(Exception):
+                self._call.cancel()
+
+    @property
+    def ended(self) -> bool:
+        return self._ended.is_set()
+
+
+class Listener:
+    """wfctl's subscription to the status topic: `get` waits for the next event.
+
+    On in-memory pub/sub (components-contrib 1.18.3) closing a stream unsubscribes the
+    OLDEST subscription to the topic in that sidecar, not its own: every subscription's
+    handler is the same closure, and the event bus finds the one to remove by its code
+    pointer (asaskevich/EventBus#47). Another wfctl closing before an older one would leave
+    the older one deaf. So there, a stream closes only once it is the oldest (the
+    sidecar's metadata lists them in order), and the oldest wfctl stream replaces itself
+    with a new one (opened first; events are told apart by id) when younger ones exist.
+    """
+
+    def __init__(
+        self,
+        stub: Any,
+        pubsub: str,
+        topic: str,
+        order: Callable[[], list[str]] | None = None,
+    ) -> None:
+        self.pubsub = pubsub
+        self.topic = topic
+        self._stub = stub
+        self._order = order  # in-memory only: the tags of the topic's streams, oldest first
+        self._queue: queue.Queue[Received | _Failure | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._stream = self._new_stream()
+        self._closing = threading.Event()
+        self._oldest_since: float | None = None
+        self._timeout = 10.0
+
+    def _new_stream(self) -> _Stream:
+        return _Stream(self._stub, self.pubsub, self.topic, self._deliver)
+
+    def _deliver(self, item: Received | _Failure) -> None:
+        if isinstance(item, _Failure) and self._closing.is_set():
+            return
+        self._queue.put(item)
+
+    def start(self, timeout: float) -> None:
+        self._timeout = timeout
+        self._stream.open(timeout)
+        if self._order is not None:
+            threading.Thread(target=self._keep, name="wfctl-renew", daemon=True).start()
+
+    def _keep(self) -> None:
+        """In-memory: renew the stream when it is the oldest and younger ones wait."""
+        while not self._closing.wait(0.2):
+            with contextlib.suppress(Exception):
+                self._renew_if_oldest()
+
+    def _renew_if_oldest(self) -> None:
+        assert self._order is not None
+        tags = self._order()
+        with self._lock:
+            current = self._stream
+            if self._closing.is_set() or not tags or tags[0] != current.tag or not any(tags[1:]):
+                self._oldest_since = None
+                return
+            now = time.monotonic()
+            if self._oldest_since is None:
+                self._oldest_since = now
+            if now - self._oldest_since < _RENEW_AFTER_SECONDS:
+                return
+            fresh = self._new_stream()
+            fresh.open(self._timeout)  # before the old one ends: nothing is missed
+            self._stream = fresh
+            self._oldest_since = None
+        current.end()
 
     def get(self, timeout: float) -> Received | None:
         """The next event, or None when none came within ``timeout``. Raises a `CliError` when
@@ -374,10 +532,25 @@ class Listener:
         return item
 
     def close(self) -> None:
+        """End the stream cleanly; on in-memory pub/sub once it is the oldest (bounded)."""
         self._closing.set()
-        if self._subscription is not None:
-            with contextlib.suppress(Exception):
-                self._subscription.close()
+        with self._lock:
+            stream = self._stream
+        if self._order is not None and not stream.ended:
+            with contextlib.suppress(Exception, KeyboardInterrupt):
+                self._wait_until_oldest(stream.tag)
+        stream.end()
+
+    def _wait_until_oldest(self, tag: str) -> None:
+        """Until no other wfctl stream is older than ``tag`` (they renew within a second);
+        a foreign subscriber first in line would never go, so it is not waited for."""
+        assert self._order is not None
+        deadline = time.monotonic() + _OLDEST_FIRST_MAX_SECONDS
+        while time.monotonic() < deadline:
+            tags = self._order()
+            if tag not in tags or tags.index(tag) == 0 or not tags[0]:
+                return
+            time.sleep(0.1)
 
 
 @dataclass
