@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, cast
@@ -22,7 +23,7 @@ from worker.watch import hook
 ID = "order-1"
 T0 = datetime(2026, 11, 22, 10, 0, 0, 250000, tzinfo=UTC)
 
-Hint = tuple[str, list[datetime]]
+Hint = tuple[str, list[datetime], str | None]
 
 
 def _stamp(seconds: float) -> timestamp_pb2.Timestamp:
@@ -81,9 +82,13 @@ def _runtime(sdk_worker: object | None) -> WorkflowRuntime:
     return cast(WorkflowRuntime, runtime)
 
 
+def _recording(hints: list[Hint]) -> Callable[[str, list[datetime], str | None], None]:
+    return lambda i, raised, status: hints.append((i, list(raised), status))
+
+
 def _hooked(sdk_worker: SdkWorker) -> list[Hint]:
     hints: list[Hint] = []
-    assert hook.install(_runtime(sdk_worker), lambda i, raised: hints.append((i, list(raised))))
+    assert hook.install(_runtime(sdk_worker), _recording(hints))
     return hints
 
 
@@ -106,27 +111,39 @@ def test_an_error_of_the_work_item_is_raised_as_it_was() -> None:
     assert raised.value is error
 
 
-@pytest.mark.parametrize(
-    "change",
-    [
-        {"executionSuspended": h.ExecutionSuspendedEvent()},
-        {"executionResumed": h.ExecutionResumedEvent()},
-        {"executionTerminated": h.ExecutionTerminatedEvent()},
-    ],
-    ids=["suspended", "resumed", "terminated"],
-)
-def test_suspend_resume_terminate_are_hinted(change: dict[str, Any]) -> None:
+# A change someone makes to a running instance, and the status it gives.
+_CHANGES: list[tuple[dict[str, Any], str]] = [
+    ({"executionSuspended": h.ExecutionSuspendedEvent()}, "SUSPENDED"),
+    ({"executionResumed": h.ExecutionResumedEvent()}, "RUNNING"),
+    ({"executionTerminated": h.ExecutionTerminatedEvent()}, "TERMINATED"),
+]
+_CHANGE_IDS = ["suspended", "resumed", "terminated"]
+
+
+@pytest.mark.parametrize(("change", "status"), _CHANGES, ids=_CHANGE_IDS)
+def test_suspend_resume_terminate_are_hinted_with_the_status_they_give(
+    change: dict[str, Any], status: str
+) -> None:
     sdk_worker = SdkWorker()
     hints = _hooked(sdk_worker)
     sdk_worker._execute_orchestrator(_work_item(_event(**change)), "stub", "t")
-    assert hints == [(ID, [])]
+    assert hints == [(ID, [], status)]
+
+
+def test_of_several_changes_in_one_work_item_the_last_ones_status_is_hinted() -> None:
+    sdk_worker = SdkWorker()
+    hints = _hooked(sdk_worker)
+    suspend, resume = (_event(**change) for change, _ in _CHANGES[:2])
+    sdk_worker._execute_orchestrator(_work_item(suspend, resume), "stub", "t")
+    sdk_worker._execute_orchestrator(_work_item(resume, suspend), "stub", "t")
+    assert [status for _, _, status in hints] == ["RUNNING", "SUSPENDED"]
 
 
 def test_events_raised_are_hinted_with_when_they_were_raised() -> None:
     sdk_worker = SdkWorker()
     hints = _hooked(sdk_worker)
     sdk_worker._execute_orchestrator(_work_item(_raised(1.5), _raised(2, "cancel")), "stub", "t")
-    assert hints == [(ID, [T0 + timedelta(seconds=1.5), T0 + timedelta(seconds=2)])]
+    assert hints == [(ID, [T0 + timedelta(seconds=1.5), T0 + timedelta(seconds=2)], None)]
 
 
 @pytest.mark.parametrize(
@@ -143,7 +160,7 @@ def test_a_start_the_worker_did_not_make_is_hinted(start: h.HistoryEvent) -> Non
     sdk_worker = SdkWorker()
     hints = _hooked(sdk_worker)
     sdk_worker._execute_orchestrator(_work_item(start), "stub", "t")
-    assert hints == [(ID, [])]
+    assert hints == [(ID, [], None)]
 
 
 @pytest.mark.parametrize(
@@ -165,7 +182,7 @@ def test_an_event_raised_into_a_start_the_worker_made_is_hinted() -> None:
     hints = _hooked(sdk_worker)
     start = _start(Origin("publisher", "msg-1").wrap({"a": 1}))
     sdk_worker._execute_orchestrator(_work_item(start, _raised(3)), "stub", "t")
-    assert hints == [(ID, [T0 + timedelta(seconds=3)])]
+    assert hints == [(ID, [T0 + timedelta(seconds=3)], None)]
 
 
 def test_steps_finishing_are_not_hinted() -> None:
@@ -188,7 +205,7 @@ def test_steps_finishing_are_not_hinted() -> None:
 def test_a_failing_hint_never_breaks_execution() -> None:
     sdk_worker = SdkWorker(result="ok")
 
-    def broken(instance_id: str, raised: list[datetime]) -> None:
+    def broken(instance_id: str, raised: list[datetime], status: str | None) -> None:
         raise RuntimeError("the watch is broken")
 
     assert hook.install(_runtime(sdk_worker), broken)
@@ -208,7 +225,7 @@ def test_install_says_so_when_the_sdk_has_moved(
     runtime: WorkflowRuntime, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="worker.watch.hook"):
-        assert hook.install(runtime, lambda i, raised: None) is False
+        assert hook.install(runtime, lambda i, raised, status: None) is False
     assert "sweep only" in caplog.text
 
 
@@ -230,7 +247,7 @@ def test_the_pinned_sdk_runtime_is_hooked_and_still_runs_work_items() -> None:
     runtime = WorkflowRuntime()
     runtime.register_workflow(_hello)
     hints: list[Hint] = []
-    assert hook.install(runtime, lambda i, raised: hints.append((i, list(raised))))
+    assert hook.install(runtime, _recording(hints))
     sdk_worker: Any = getattr(runtime, "_WorkflowRuntime__worker")  # noqa: B009
     stub = RecordingStub()
     request = _work_item(
@@ -241,7 +258,7 @@ def test_the_pinned_sdk_runtime_is_hooked_and_still_runs_work_items() -> None:
     assert response.instanceId == ID
     assert response.completionToken == "token"
     assert [a.completeWorkflow.result.value for a in response.actions] == ['"hi"']
-    assert hints == [(ID, [])]  # started by someone else
+    assert hints == [(ID, [], None)]  # started by someone else
 
 
 def _json(value: Any) -> wrappers_pb2.StringValue:
@@ -255,23 +272,15 @@ def test_the_first_work_item_of_a_rerun_is_hinted() -> None:
     item = _work_item(_event(taskCompleted=h.TaskCompletedEvent(taskScheduledId=0)))
     item.pastEvents.append(_start({"order": 1}))
     sdk_worker._execute_orchestrator(item, "stub", "t")
-    assert hints == [(ID, [])]
+    assert hints == [(ID, [], None)]
     sdk_worker._execute_orchestrator(item, "stub", "t")  # met before: steps are not hinted
-    assert hints == [(ID, [])]
+    assert hints == [(ID, [], None)]
 
 
-_CHANGES = [
-    {"executionSuspended": h.ExecutionSuspendedEvent()},
-    {"executionResumed": h.ExecutionResumedEvent()},
-    {"executionTerminated": h.ExecutionTerminatedEvent()},
-]
-_CHANGE_IDS = ["suspended", "resumed", "terminated"]
-
-
-@pytest.mark.parametrize("change", _CHANGES, ids=_CHANGE_IDS)
+@pytest.mark.parametrize(("change", "status"), _CHANGES, ids=_CHANGE_IDS)
 @pytest.mark.parametrize("met_before", [True, False], ids=["met-before", "first-met"])
 def test_a_change_to_an_instance_the_worker_started_is_hinted(
-    change: dict[str, Any], met_before: bool
+    change: dict[str, Any], status: str, met_before: bool
 ) -> None:
     """Its start is among the past events of every later work item: what the work item
     carries now is a change of its own (an operator's `dapr workflow suspend`, say)."""
@@ -279,7 +288,9 @@ def test_a_change_to_an_instance_the_worker_started_is_hinted(
     hints: list[Hint] = []
     ours: list[str] = []
     hook.install(
-        _runtime(sdk_worker), lambda i, raised: hints.append((i, list(raised))), ours.append
+        _runtime(sdk_worker),
+        lambda i, raised, status: hints.append((i, list(raised), status)),
+        ours.append,
     )
     start = _start(Origin("publisher", "msg-1").wrap({"a": 1}))
     if met_before:
@@ -288,7 +299,7 @@ def test_a_change_to_an_instance_the_worker_started_is_hinted(
     item = _work_item(_event(**change))
     item.pastEvents.append(start)
     sdk_worker._execute_orchestrator(item, "stub", "t")
-    assert hints == [(ID, [])]
+    assert hints == [(ID, [], status)]
     assert ours == [ID]  # a restart meeting it mid-way still takes it as the worker's
 
 

@@ -130,10 +130,13 @@ class WatchGateway:
     histories: dict[str, list[h.HistoryEvent]] = field(default_factory=dict)
     calls: list[tuple[Any, ...]] = field(default_factory=list)
     behind: int = 0  # so many history reads to come miss the newest event (not stored yet)
+    # States shown, one a read, before the current one (a change not stored yet).
+    stale: dict[str, list[InstanceState]] = field(default_factory=dict)
 
     def get_state(self, instance_id: str, *, payloads: bool = True) -> InstanceState | None:
         self.calls.append(("get_state", instance_id, payloads))
-        found = self.states.get(instance_id)
+        earlier = self.stale.get(instance_id)
+        found = earlier.pop(0) if earlier else self.states.get(instance_id)
         if found is None or payloads:
             return found
         return replace(found, input=None, origin=None)
@@ -823,6 +826,31 @@ def test_run_looks_again_until_the_history_holds_a_hinted_raise(rig: Rig) -> Non
     assert rig.gateway.behind == 0
     [body] = rig.bodies()
     assert (body["event"], when(body["occurred_at"])) == ("event_raised", hinted)
+
+
+def test_run_looks_again_until_the_sidecar_shows_the_hinted_status(rig: Rig) -> None:
+    """daprd stores a work item's outcome after the app answered it: a check can come first."""
+    rig.set(instance(origin=WORKER))
+    watcher = rig.watcher(sweep_seconds=30, lease_seconds=60)
+    stopping, thread = _running(watcher)
+    try:
+        watcher.check(ID)  # the feed accounts for it as RUNNING
+        rig.gateway.stale[ID] = [instance(origin=WORKER)] * 3
+        rig.set(instance("SUSPENDED", updated=at(10), origin=WORKER))
+        watcher.hint(ID, status="SUSPENDED")
+        wait_until(lambda: len(rig.pubsub.calls) >= 1)
+    finally:
+        _stop(stopping, thread)
+    assert rig.gateway.stale[ID] == []
+    assert rig.events() == ["suspended"]
+
+
+def test_a_hinted_status_is_not_waited_for_once_the_instance_has_ended(rig: Rig) -> None:
+    rig.set(instance(origin=WORKER))
+    watcher = rig.watcher()
+    watcher.check(ID)
+    rig.set(instance("COMPLETED", updated=at(10), origin=WORKER))  # resumed, then it ended
+    assert watcher.check(ID, expect="RUNNING") == "COMPLETED"
 
 
 def test_run_gives_up_waiting_for_a_hinted_raise_and_counts_the_history(

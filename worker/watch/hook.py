@@ -28,12 +28,13 @@ log = logging.getLogger(__name__)
 
 def install(
     runtime: WorkflowRuntime,
-    on_change: Callable[[str, list[datetime]], None],
+    on_change: Callable[[str, list[datetime], str | None], None],
     on_worker_start: Callable[[str], None] = lambda _: None,
 ) -> bool:
-    """Call ``on_change(instance_id, raised_at)`` after each work item that changes an
-    instance (``raised_at``: when the events in it were raised), and ``on_worker_start`` for
-    a run the worker's own start message made (its handler reports it: nothing to check)."""
+    """Call ``on_change(instance_id, raised_at, status)`` after each work item that changes
+    an instance (``raised_at``: when the events in it were raised; ``status``: the one its
+    last suspend, resume or terminate gives it), and ``on_worker_start`` for a run the
+    worker's own start message made (its handler reports it: nothing to check)."""
     sdk_worker = getattr(runtime, "_WorkflowRuntime__worker", None)
     execute = getattr(sdk_worker, "_execute_orchestrator", None)
     if sdk_worker is None or execute is None:
@@ -58,7 +59,7 @@ def install(
 def _tell(
     request: Any,
     met: _Recent,
-    on_change: Callable[[str, list[datetime]], None],
+    on_change: Callable[[str, list[datetime], str | None], None],
     on_worker_start: Callable[[str], None],
 ) -> None:
     kinds = [event.WhichOneof("eventType") for event in request.newEvents]
@@ -75,13 +76,19 @@ def _tell(
     by_worker = _started_by_worker(request, past=first)
     if by_worker:
         on_worker_start(request.instanceId)
-    if not by_worker or raised or any(kind in _CHANGES for kind in kinds):
-        on_change(request.instanceId, _raised_at(request) if raised else [])
+    changes = [_CHANGES[kind] for kind in kinds if kind in _CHANGES]
+    if not by_worker or raised or changes:
+        status = changes[-1] if changes else None
+        on_change(request.instanceId, _raised_at(request) if raised else [], status)
 
 
 # What someone does to a running instance (the worker too: the watch leaves what it noted as
-# its own to its handler, see `worker.expectations`).
-_CHANGES = frozenset({"executionSuspended", "executionResumed", "executionTerminated"})
+# its own to its handler, see `worker.expectations`), and the status it gives.
+_CHANGES = {
+    "executionSuspended": "SUSPENDED",
+    "executionResumed": "RUNNING",
+    "executionTerminated": "TERMINATED",
+}
 
 
 def _raised_at(request: Any) -> list[datetime]:

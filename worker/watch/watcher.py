@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 _CONFLICT_TRIES = 5
 _HINT_BATCH_SECONDS = 0.05
 _LIST_PAGE = LIST_PAGE  # ids per listing call (see worker.gateway)
-_BEHIND_TRIES = 40  # x the batch pause: two seconds
+_BEHIND_TRIES = 200  # x the batch pause: ten seconds
 # An instance in these statuses that shows a new creation time has continued as new; a new
 # creation time after an end is a new life (a start with replace, a rerun in place), and after
 # PENDING the sidecar's "not set" gave way to the real time.
@@ -83,19 +83,39 @@ class WatchSettings:
 
 
 @dataclass
-class _Hints:
-    """Instance ids to check soon, with the times of the events just raised into them."""
+class _Hint:
+    """What a work item told of one instance: when events were raised into it, and the status
+    its last suspend, resume or terminate gave it."""
 
-    pending: dict[str, set[datetime]] = field(default_factory=dict)
+    raised: set[datetime] = field(default_factory=set)
+    status: str | None = None
+
+
+@dataclass
+class _Hints:
+    """Instance ids to check soon, with what their work items told."""
+
+    pending: dict[str, _Hint] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     ready: threading.Event = field(default_factory=threading.Event)
 
-    def add(self, instance_id: str, raised: Iterable[datetime] = ()) -> None:
+    def add(
+        self,
+        instance_id: str,
+        raised: Iterable[datetime] = (),
+        status: str | None = None,
+        *,
+        again: bool = False,
+    ) -> None:
+        """``again``: a hint put back to look once more; a newer hint's status wins over it."""
         with self.lock:
-            self.pending.setdefault(instance_id, set()).update(raised)
+            hint = self.pending.setdefault(instance_id, _Hint())
+            hint.raised.update(raised)
+            if status is not None and not (again and hint.status is not None):
+                hint.status = status
         self.ready.set()
 
-    def take(self) -> dict[str, set[datetime]]:
+    def take(self) -> dict[str, _Hint]:
         with self.lock:
             taken, self.pending = self.pending, {}
             self.ready.clear()
@@ -103,7 +123,9 @@ class _Hints:
 
 
 class _HistoryBehind(Exception):
-    """The sidecar has not stored the events a hint announced yet: look again shortly."""
+    """The sidecar has not stored what a hint announced yet (the events raised, the status a
+    suspend, resume or terminate gives): look again shortly. daprd stores a work item's
+    outcome after the app has answered it, so under load a check can come first."""
 
 
 class Watcher:
@@ -168,10 +190,12 @@ class Watcher:
                 known[event.instance_id] = event.status
                 self._known_dirty = True
 
-    def hint(self, instance_id: str, raised: Iterable[datetime] = ()) -> None:
-        """Something happened to ``instance_id`` (events were raised at ``raised``): check
-        it soon."""
-        self._hints.add(instance_id, raised)
+    def hint(
+        self, instance_id: str, raised: Iterable[datetime] = (), status: str | None = None
+    ) -> None:
+        """Something happened to ``instance_id`` (events were raised at ``raised``; a
+        suspend, resume or terminate gave it ``status``): check it soon."""
+        self._hints.add(instance_id, raised, status)
 
     def inventory(self) -> tuple[dict[str, int], int] | None:
         """Instances per runtime status and how many of them are stalled, as this replica
@@ -213,29 +237,28 @@ class Watcher:
             if not self._hints.ready.wait(0.5):
                 continue
             time.sleep(_HINT_BATCH_SECONDS)  # let the sidecar settle the change it dispatched
-            for instance_id, raised in self._hints.take().items():
+            for instance_id, hint in self._hints.take().items():
                 try:
-                    self._check_hint(instance_id, raised)
+                    self._check_hint(instance_id, hint)
                 except Exception as error:
                     log.warning(
                         "watch: check of %s failed (%s); the sweep will retry", instance_id, error
                     )
 
-    def _check_hint(self, instance_id: str, raised: set[datetime]) -> None:
+    def _check_hint(self, instance_id: str, hint: _Hint) -> None:
         try:
-            self.check(instance_id, raised=raised or None)
+            self.check(instance_id, raised=hint.raised or None, expect=hint.status)
         except _HistoryBehind:
             tries = self._behind[instance_id] = self._behind.get(instance_id, 0) + 1
-            if tries < _BEHIND_TRIES:
-                self._hints.add(instance_id, raised)  # again, after the batch pause
+            if tries < _BEHIND_TRIES:  # again, after the batch pause
+                self._hints.add(instance_id, hint.raised, hint.status, again=True)
                 return
-            log.warning("watch: %s: events raised are not in its history yet", instance_id)
-            raised = set()  # count what the history holds now
+            log.warning("watch: %s: the sidecar has not stored what it told yet", instance_id)
         else:
             self._behind.pop(instance_id, None)
             return
         self._behind.pop(instance_id, None)
-        self.check(instance_id, raised=raised)
+        self.check(instance_id, raised=set())  # count what the history holds now
 
     # --- the sweep ----------------------------------------------------------------------------
 
@@ -320,11 +343,13 @@ class Watcher:
         report: bool = True,
         stalls: bool = False,
         last_known: str | None = None,
+        expect: str | None = None,
     ) -> str | None:
         """Publish what changed on ``instance_id`` since the feed last accounted for it.
 
         ``raised``: when events were raised into it (read its history, which must hold
-        them). ``stalls``: look for a step
+        them). ``expect``: the status a suspend, resume or terminate just gave it (the
+        sidecar must show it, unless the instance has ended). ``stalls``: look for a step
         in flight for too long. ``report``: False notes the state without publishing (the
         first sweep ever). ``last_known``: its status in the sweep's inventory (it was there
         even if never looked at). Returns the instance's status, None when it is gone.
@@ -332,7 +357,12 @@ class Watcher:
         with self._locks[hash(instance_id) % len(self._locks)]:
             try:
                 status = self._check(
-                    instance_id, raised=raised, report=report, stalls=stalls, last_known=last_known
+                    instance_id,
+                    raised=raised,
+                    report=report,
+                    stalls=stalls,
+                    last_known=last_known,
+                    expect=expect,
                 )
             finally:
                 self._histories.pop(instance_id, None)
@@ -354,9 +384,16 @@ class Watcher:
         report: bool,
         stalls: bool,
         last_known: str | None,
+        expect: str | None,
     ) -> str | None:
         for _ in range(_CONFLICT_TRIES):
             state = self._gateway.get_state(instance_id, payloads=False)
+            if (
+                state is not None
+                and expect not in (None, state.status)
+                and state.status in ACTIVE_STATUSES  # unless it has ended since
+            ):
+                raise _HistoryBehind(instance_id)
             seen, etag = self._records.seen(instance_id)
             if state is None:
                 self._gone(instance_id, seen, report, last_known)
