@@ -58,6 +58,10 @@ def addons_for(settings: Settings) -> list[Addon]:
         from worker.console import Console
 
         addons.append(Console())
+    if settings.health_enabled:
+        from worker.health import Health
+
+        addons.append(Health(settings.health_host, settings.health_port))
     if settings.metrics_enabled:
         from worker.telemetry.metrics import Metrics
 

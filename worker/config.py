@@ -231,6 +231,24 @@ class Settings(BaseSettings):
         le=65535,
         description="Metrics port (OpenTelemetry's Prometheus default; 0: any free port, logged).",
     )
+    health_enabled: bool = Field(
+        default=False,
+        description="Serve /readyz and /livez on health_host:health_port for a kubelet's "
+        "probes (worker.health); the Kubernetes manifests turn it on.",
+    )
+    health_host: str = Field(
+        default="127.0.0.1",
+        description="Address the health endpoint listens on (0.0.0.0: every interface).",
+    )
+    health_port: int = Field(
+        default=8081, ge=0, le=65535, description="Health port (0: any free port, logged)."
+    )
+    liveness_window_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="/livez fails once one message has failed with a sidecar deadline "
+        "(DEADLINE_EXCEEDED) at every try for this long: what only a restart heals.",
+    )
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = Field(
         default="text",

@@ -36,6 +36,7 @@ from worker.hosting import build_runtime
 from worker.idempotency import IdempotencyStore, message_key
 from worker.instruments import NO_INSTRUMENTS, Instruments, MeasuredClient
 from worker.intake import Intake
+from worker.liveness import Liveness
 from worker.outcomes import retry_until_done
 from worker.parking import ParkingLot
 from worker.publisher import StatusPublisher
@@ -80,6 +81,10 @@ class Parts:
     acting: threading.Event | None = None
     records_store: str = "statestore"  # where idempotency records live (worker.sidecar)
     purges: Purges | None = None  # where purges are noted (worker.purges)
+    # For health probes: set while the worker takes messages (subscribed, workflow runtime
+    # connected; cleared when it stops), and whether it still makes progress.
+    ready: threading.Event | None = None
+    liveness: Liveness | None = None
 
 
 class Addon(Protocol):
@@ -108,6 +113,7 @@ class WorkerService:
         self._addons = list(addons)
         self._extra_subscriptions = extra_subscriptions
         self._ready = threading.Event()
+        self.liveness = Liveness(settings.liveness_window_seconds)
         self._acting = threading.Event()  # the workflow runtime is connected
         self._probed = threading.Event()  # the sidecar's health probe was answered healthy
         self._stopped = threading.Event()
@@ -158,6 +164,7 @@ class WorkerService:
             purges=purges,
             ready=self._acting,
             instruments=measure,
+            liveness=self.liveness,
         )
         notes = (
             Expectations(client, s.state_store, s.idempotency_ttl_seconds)
@@ -217,6 +224,8 @@ class WorkerService:
             acting=self._acting,
             records_store=records,
             purges=purges,
+            ready=self._ready,
+            liveness=self.liveness,
         )
         for addon in self._addons:
             addon.start(parts)
@@ -248,6 +257,19 @@ class WorkerService:
         self._wait_until_delivering()
         self._ready.set()
         log.info("worker ready: workflows %s; topics %s", registry.workflow_names, list(handlers))
+
+    def _restart_sidecar_if_wedged(self) -> None:
+        """Stopped while liveness fails (a kubelet restarting the worker for it): ask the
+        sidecar to shut down too (Dapr's shutdown API), so that it is restarted as well: the
+        wedge is the sidecar's, and a new worker on the same sidecar would not heal it."""
+        verdict = self.liveness.check()
+        if verdict.ok or self._dapr is None:
+            return
+        log.warning("stopping while not live (%s): shutting the sidecar down too", verdict.reason)
+        try:
+            self._dapr.shutdown()
+        except Exception:
+            log.exception("asking the sidecar to shut down")
 
     def _healthy(self) -> bool:
         """The app-health probe: healthy from the moment the app listens until shutdown, so the
@@ -292,6 +314,7 @@ class WorkerService:
             except Exception:
                 log.exception("stopping the workflow runtime")
             settle_until = time.monotonic() + self.settings.stop_settle_seconds
+        self._restart_sidecar_if_wedged()
         for addon in self._addons:
             try:
                 addon.stop()

@@ -65,13 +65,18 @@ class Harness:
         return self.pubsub.bodies()
 
 
-@pytest.fixture
-def harness() -> Harness:
+def harness_with(**pipeline_options: Any) -> Harness:
     state = FakeStateClient()
     pubsub = FakePublishClient()
     store = IdempotencyStore(state, "statestore", ttl_seconds=3600, lease_seconds=60)
     publisher = StatusPublisher(pubsub, Settings(app_id="worker"))
-    return Harness(Pipeline(store, publisher, MAX_ATTEMPTS), state, pubsub, store)
+    pipeline = Pipeline(store, publisher, MAX_ATTEMPTS, **pipeline_options)
+    return Harness(pipeline, state, pubsub, store)
+
+
+@pytest.fixture
+def harness() -> Harness:
+    return harness_with()
 
 
 def cloud_event(

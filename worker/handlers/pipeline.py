@@ -23,6 +23,7 @@ from worker.events import EventType, StatusEvent, iso, now, stable_event_id
 from worker.handlers.inbound import Inbound
 from worker.idempotency import Begin, Claim, IdempotencyStore, message_key
 from worker.instruments import NO_INSTRUMENTS, Instruments, Outcome, RetryReason
+from worker.liveness import Liveness
 from worker.outcomes import Missing, RejectCode, Rejected, Transient
 from worker.parking import ParkingLot
 from worker.publisher import Outbound, StatusPublisher
@@ -118,12 +119,14 @@ class Pipeline:
         purges: Purges | None = None,
         ready: threading.Event | None = None,
         instruments: Instruments = NO_INSTRUMENTS,
+        liveness: Liveness | None = None,
     ) -> None:
         """``parking``/``grace_seconds``: where a message for an instance that does not exist
         yet waits, and for how long (see `worker.parking`); ``purges``: which ids were purged
         (a message about one is rejected at once, see `worker.purges`). ``ready``: set once
         the worker can act on messages (its workflow runtime is connected). ``instruments``:
-        told what becomes of each message (`worker.instruments`)."""
+        told what becomes of each message (`worker.instruments`). ``liveness``: told of each
+        try that failed and each message done with (`worker.liveness`)."""
         self._store = store
         self._publisher = publisher
         self._max_bytes = max_message_bytes
@@ -133,6 +136,7 @@ class Pipeline:
         self._purges = purges
         self._ready = ready
         self._instruments = instruments
+        self._liveness = liveness
         self._attempts: OrderedDict[str, int] = OrderedDict()
         self._lock = threading.Lock()
         self.in_flight = InFlight()
@@ -238,6 +242,8 @@ class Pipeline:
         except Exception as error:  # Transient, or a bug: retry, but not for ever
             kind = RetryReason.TRANSIENT if isinstance(error, Transient) else RetryReason.UNEXPECTED
             self._instruments.transient_attempt(message.topic, kind)
+            if self._liveness is not None:
+                self._liveness.failed(key, error)
             if self._count_attempt(key) < self._max_attempts:
                 log.warning(
                     "retry %s: %s",
@@ -316,6 +322,8 @@ class Pipeline:
     def _forget_attempts(self, key: str) -> None:
         with self._lock:
             self._attempts.pop(key, None)
+        if self._liveness is not None:
+            self._liveness.done(key)
 
     @staticmethod
     def _audit(message: Inbound, events: list[Outbound], status: str) -> None:
