@@ -160,7 +160,7 @@ def test_a_start_the_worker_did_not_make_is_hinted(start: h.HistoryEvent) -> Non
     sdk_worker = SdkWorker()
     hints = _hooked(sdk_worker)
     sdk_worker._execute_orchestrator(_work_item(start), "stub", "t")
-    assert hints == [(ID, [], None)]
+    assert hints == [(ID, [], "RUNNING")]
 
 
 @pytest.mark.parametrize(
@@ -182,7 +182,7 @@ def test_an_event_raised_into_a_start_the_worker_made_is_hinted() -> None:
     hints = _hooked(sdk_worker)
     start = _start(Origin("publisher", "msg-1").wrap({"a": 1}))
     sdk_worker._execute_orchestrator(_work_item(start, _raised(3)), "stub", "t")
-    assert hints == [(ID, [T0 + timedelta(seconds=3)], None)]
+    assert hints == [(ID, [T0 + timedelta(seconds=3)], "RUNNING")]
 
 
 def test_steps_finishing_are_not_hinted() -> None:
@@ -258,7 +258,7 @@ def test_the_pinned_sdk_runtime_is_hooked_and_still_runs_work_items() -> None:
     assert response.instanceId == ID
     assert response.completionToken == "token"
     assert [a.completeWorkflow.result.value for a in response.actions] == ['"hi"']
-    assert hints == [(ID, [], None)]  # started by someone else
+    assert hints == [(ID, [], "RUNNING")]  # started by someone else
 
 
 def _json(value: Any) -> wrappers_pb2.StringValue:

@@ -845,6 +845,23 @@ def test_run_looks_again_until_the_sidecar_shows_the_hinted_status(rig: Rig) -> 
     assert rig.events() == ["suspended"]
 
 
+def test_a_hinted_start_shown_pending_is_looked_at_again_until_it_runs(rig: Rig) -> None:
+    """A short run another client started: the check after its first work item may still
+    find it PENDING; no later work item would be hinted (steps), so it must look again."""
+    unset = datetime(1970, 1, 1)
+    watcher = rig.watcher(sweep_seconds=30, lease_seconds=60)
+    stopping, thread = _running(watcher)  # its first sweep found nothing
+    try:
+        rig.set(instance(created=at(5)))
+        rig.gateway.stale[ID] = [instance("PENDING", created=unset, updated=unset)] * 2
+        watcher.hint(ID, status="RUNNING")
+        wait_until(lambda: len(rig.pubsub.calls) >= 1)
+    finally:
+        _stop(stopping, thread)
+    assert rig.gateway.stale[ID] == []
+    assert rig.events() == ["started"]
+
+
 def test_a_hinted_status_is_not_waited_for_once_the_instance_has_ended(rig: Rig) -> None:
     rig.set(instance(origin=WORKER))
     watcher = rig.watcher()

@@ -33,7 +33,7 @@ def install(
 ) -> bool:
     """Call ``on_change(instance_id, raised_at, status)`` after each work item that changes
     an instance (``raised_at``: when the events in it were raised; ``status``: the one its
-    last suspend, resume or terminate gives it), and ``on_worker_start`` for a run the
+    last start, suspend, resume or terminate gives it), and ``on_worker_start`` for a run the
     worker's own start message made (its handler reports it: nothing to check)."""
     sdk_worker = getattr(runtime, "_WorkflowRuntime__worker", None)
     execute = getattr(sdk_worker, "_execute_orchestrator", None)
@@ -76,15 +76,18 @@ def _tell(
     by_worker = _started_by_worker(request, past=first)
     if by_worker:
         on_worker_start(request.instanceId)
-    changes = [_CHANGES[kind] for kind in kinds if kind in _CHANGES]
-    if not by_worker or raised or changes:
-        status = changes[-1] if changes else None
+    changed = any(kind in _STATUS_AFTER and kind != "executionStarted" for kind in kinds)
+    if not by_worker or raised or changed:
+        statuses = [_STATUS_AFTER[kind] for kind in kinds if kind in _STATUS_AFTER]
+        status = statuses[-1] if statuses else None
         on_change(request.instanceId, _raised_at(request) if raised else [], status)
 
 
-# What someone does to a running instance (the worker too: the watch leaves what it noted as
-# its own to its handler, see `worker.expectations`), and the status it gives.
-_CHANGES = {
+# The status each of these gives an instance: a start (a new run), and what someone does to a
+# running instance (the worker too: the watch leaves what it noted as its own to its handler,
+# see `worker.expectations`).
+_STATUS_AFTER = {
+    "executionStarted": "RUNNING",
     "executionSuspended": "SUSPENDED",
     "executionResumed": "RUNNING",
     "executionTerminated": "TERMINATED",
