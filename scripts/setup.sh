@@ -7,6 +7,7 @@
 #   - chromium and chromium-driver (Debian packages), the console's browser tests
 #   - Zipkin's server (a jar from Maven Central, through mvn; Java and Maven from Debian when
 #     missing), the trace test's backend
+#   - podman, buildah, runc and debootstrap (Debian packages), the container tests
 #   - the Dapr runtime and CLI (scripts/install-dapr.sh; skipped when in place)
 #   - kustomize (pinned, from the Go module proxy) and Dapr's CRDs in the Go module cache, for
 #     the Kubernetes manifests' tests (scripts/install-deploy-tools.sh; skipped when in place)
@@ -101,6 +102,20 @@ if ! { [ -s "$zipkin_jar" ] && echo "$ZIPKIN_SHA256  $zipkin_jar" | sha256sum -c
       echo "[setup] ERROR: $zipkin_jar does not have the SHA-256 in scripts/versions.env" >&2
       exit 1
     fi
+  fi
+fi
+
+# Containers (tests/integration/test_container.py, test_pod.py): podman with buildah and runc
+# (crun fails on these machines' hybrid cgroups), and debootstrap, which builds the images'
+# base from Debian's packages (no container registry is reachable here; scripts/containers.py).
+if ! command -v podman >/dev/null 2>&1 || ! command -v buildah >/dev/null 2>&1 \
+  || ! command -v runc >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing podman, buildah, runc and debootstrap (Debian packages) for the container tests"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      podman buildah runc debootstrap) >/dev/null
+  else
+    say "WARNING: podman/buildah/runc/debootstrap are missing; install them (as root) for the container tests"
   fi
 fi
 

@@ -40,6 +40,9 @@ TOPIC_PREFIXES = (
     "trace.",
     "jsonlog.",
     "ops.",
+    "image.",
+    "custom.",
+    "pod.",
 )
 STATUS_TOPICS = ("workflow.status", *(f"{p}workflow.status" for p in TOPIC_PREFIXES))
 _GRANT = "workflow-client=workflow.start,workflow.approval,workflow.control"
