@@ -22,6 +22,7 @@ import click
 from worker import __version__
 from worker.cli import requests as rq
 from worker.cli.exitcodes import CliError, Exit, table
+from worker.cli.ordering import InOrder
 from worker.cli.outcome import parse_status
 from worker.cli.render import Progress, ago, as_json, text_line
 from worker.cli.sidecar import (
@@ -766,12 +767,27 @@ def watch(
         began = datetime.now(UTC)
         deadline = time.monotonic() + limit if limit is not None else None
         seen = Seen()
+        in_order: InOrder[str] = InOrder(began)  # each instance's events as they happened
         shown = 0
+
+        def show(lines: list[str]) -> bool:
+            """Print ``lines``; whether --max-events is reached."""
+            nonlocal shown
+            for line in lines:
+                progress.clear()
+                _print(options, line)
+                shown += 1
+                if max_events is not None and shown >= max_events:
+                    return True
+            return False
+
         progress.show(f"wfctl: watching {options.status_topic} (Ctrl+C stops)")
         try:
             while deadline is None or time.monotonic() < deadline:
                 wait_for = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
                 received = listener.get(wait_for)
+                if show(in_order.due()):
+                    break
                 if received is None or not seen.first_time(received.id):
                     continue
                 event = parse_status(received.data)
@@ -787,13 +803,13 @@ def watch(
                     continue
                 if events and event.event.value not in events:
                     continue
-                progress.clear()
-                _print(options, text_line(event) if pretty else as_json(received.data))
-                shown += 1
-                if max_events is not None and shown >= max_events:
+                line = text_line(event) if pretty else as_json(received.data)
+                if show(in_order.add(event, line)):
                     break
+            else:
+                show(in_order.flush())  # --duration is up: what was held back, in order
         except (KeyboardInterrupt, Interrupted):
-            pass
+            show(in_order.flush())
         finally:
             progress.clear()
             listener.close()
