@@ -3,6 +3,8 @@
 - `schema_errors`: the event's data against the published JSON Schema
   (docs/schemas/workflow.status.schema.json), with format checking on (date-time must be
   RFC 3339, with an offset).
+- `contract_errors`: those, and what this worker promises beyond the schema (which stays
+  lenient, so that events of older workers still fit it): every `rejected` carries a `code`.
 - `order_violations`: one instance's events, sorted by `occurred_at` as the README tells
   consumers to, must tell a possible life: started before events raised and before its end,
   suspended before resumed, finished before purged.
@@ -38,6 +40,15 @@ def schema_errors(data: Mapping[str, Any]) -> list[str]:
         f"{'/'.join(str(p) for p in error.absolute_path) or '(event)'}: {error.message}"
         for error in _validator().iter_errors(dict(data))
     ]
+
+
+def contract_errors(data: Mapping[str, Any]) -> list[str]:
+    """`schema_errors`, and the promises of this worker's events that the schema leaves
+    optional: a `rejected` event says why in one word (`code`, one of the schema's)."""
+    problems = schema_errors(data)
+    if data.get("event") == "rejected" and not data.get("code"):
+        problems.append("code: a rejected event without its code")
+    return problems
 
 
 def order_violations(events: Iterable[Mapping[str, Any]]) -> list[str]:

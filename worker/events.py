@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
 
 EVENT_TYPE_PREFIX = "io.github.dapr-workflow-worker.v1."
 _ID_NAMESPACE = uuid.UUID("6f1c9f2e-4c1a-4b57-9a8e-5f0a6a3c2d10")
@@ -64,6 +64,47 @@ class EventType(StrEnum):
     UNSTALLED = "unstalled"
 
 
+class RejectCode(StrEnum):
+    """Why a message was rejected, in one word: the `code` of a `rejected` event, for programs
+    to branch on (its `reason` says the rest, for people). Codes may be added: read one you do
+    not know as `other`.
+
+    - `invalid_message`: not JSON, not UTF-8, a wrong content type, or not the message's schema
+    - `too_large`: above the worker's size limit (WORKER_MAX_MESSAGE_BYTES)
+    - `unknown_workflow`: a workflow not allowed here, or not registered
+    - `unknown_instance`: no such instance (still none after the grace period)
+    - `purged`: the instance existed and was purged
+    - `instance_exists`: a start for an id in use (or finished, without `replace`)
+    - `state_forbids`: the instance's status forbids the action
+    - `sidecar_refused`: another permanent error from the sidecar
+    - `gave_up`: still failing transiently after the attempt limit (the same request may
+      succeed later)
+    - `other`: none of these
+    """
+
+    INVALID_MESSAGE = "invalid_message"
+    TOO_LARGE = "too_large"
+    UNKNOWN_WORKFLOW = "unknown_workflow"
+    UNKNOWN_INSTANCE = "unknown_instance"
+    PURGED = "purged"
+    INSTANCE_EXISTS = "instance_exists"
+    STATE_FORBIDS = "state_forbids"
+    SIDECAR_REFUSED = "sidecar_refused"
+    GAVE_UP = "gave_up"
+    OTHER = "other"
+
+
+_REJECT_CODES = frozenset(code.value for code in RejectCode)
+
+
+def _known_code(value: object) -> object:
+    """A code this version does not know (a newer worker's) reads as `other`, so that an older
+    reader (wfctl, the console) still takes the event instead of refusing it."""
+    if isinstance(value, str) and value not in _REJECT_CODES:
+        return RejectCode.OTHER
+    return value
+
+
 class FailureInfo(BaseModel):
     """Why a workflow failed."""
 
@@ -113,6 +154,7 @@ class StatusEvent(BaseModel):
                     "instance_id": "order-1001",
                     "status": "COMPLETED",
                     "reason": "cannot suspend: instance is COMPLETED",
+                    "code": "state_forbids",
                     "occurred_at": "2026-11-22T10:05:00Z",
                     "correlation_id": "msg-43",
                 },
@@ -140,6 +182,11 @@ class StatusEvent(BaseModel):
     custom_status: JsonValue = None
     failure: FailureInfo | None = None
     reason: str | None = Field(default=None, description="Given reason, or why a request failed.")
+    code: Annotated[RejectCode | None, BeforeValidator(_known_code)] = Field(
+        default=None,
+        description="On rejected: why, in one word, for programs to branch on (the reason says "
+        "it for people); absent on other events.",
+    )
     correlation_id: str | None = Field(
         default=None,
         description="CloudEvent id of the message that caused this; absent for "

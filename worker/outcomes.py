@@ -6,9 +6,21 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 
 import grpc
+
+from worker.events import RejectCode
+
+__all__ = [
+    "Classified",
+    "Missing",
+    "RejectCode",
+    "Rejected",
+    "Transient",
+    "classify_rpc_error",
+    "raise_classified",
+    "retry_until_done",
+]
 
 log = logging.getLogger(__name__)
 
@@ -16,22 +28,6 @@ log = logging.getLogger(__name__)
 # sidecar's own redelivery policy (components/*/resiliency.yaml).
 FIRST_RETRY_SECONDS = 0.2
 MAX_RETRY_SECONDS = 10.0
-
-
-class RejectCode(StrEnum):
-    """Why a message was rejected, in one word: a bounded label for metrics (the reason's
-    text, in the `rejected` event, says the rest)."""
-
-    INVALID_MESSAGE = "invalid_message"  # not JSON, not UTF-8, wrong content type, schema
-    TOO_LARGE = "too_large"  # above max_message_bytes
-    UNKNOWN_WORKFLOW = "unknown_workflow"  # not allowed here, or not registered
-    UNKNOWN_INSTANCE = "unknown_instance"  # still unknown after the grace period
-    PURGED = "purged"  # the instance existed and was purged (worker.purges)
-    INSTANCE_EXISTS = "instance_exists"  # a start for an id in use (or finished, no replace)
-    STATE_FORBIDS = "state_forbids"  # the instance's status forbids the action
-    SIDECAR_REFUSED = "sidecar_refused"  # any other permanent error from the sidecar
-    GAVE_UP = "gave_up"  # still failing transiently after max_transient_attempts
-    OTHER = "other"
 
 
 class Rejected(Exception):

@@ -356,6 +356,8 @@ def compact(event: StatusEvent) -> str:
         parts.append(f"count={event.count}")
     if event.failure is not None:
         parts.append(f"failure={event.failure.message[:120]!r}")
+    if event.code is not None:
+        parts.append(f"code={event.code.value}")
     if event.reason:
         parts.append(f"reason={event.reason[:160]!r}")
     return "status " + " ".join(parts)

@@ -25,7 +25,7 @@ from dapr.ext.grpc import App
 from dapr.ext.workflow import DaprWorkflowClient
 
 from scripts import devstack
-from tests.status_contract import order_violations, schema_errors
+from tests.status_contract import contract_errors, order_violations
 
 # Topic prefixes of the private workers (one test's own worker each).
 TOPIC_PREFIXES = (
@@ -70,7 +70,8 @@ class Observer:
     http_port: int = 0
     received: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    # Status events that break the published schema (checked with formats, as they come).
+    # Status events that break the published schema (checked with formats, as they come), or
+    # this worker's promises beyond it (a rejected event's code).
     schema_errors: list[str] = field(default_factory=list)
     reported: set[str] = field(default_factory=set)  # instances whose disorder was reported
 
@@ -84,7 +85,7 @@ class Observer:
         except ValueError:
             data = {"_raw": text}
         extensions = dict(event.Extensions() or {})
-        problems = schema_errors(data) if topic in STATUS_TOPICS else []
+        problems = contract_errors(data) if topic in STATUS_TOPICS else []
         with self.lock:
             self.schema_errors.extend(f"{event.EventID()} ({data}): {p}" for p in problems)
             self.received.append(
@@ -283,7 +284,9 @@ def observer(stack: devstack.Stack) -> Iterator[Observer]:
     app.stop()
     # Events that came after the last test ended are checked too.
     errors, violations = collected.new_contract_problems()
-    assert not errors, "status events that break the schema:\n" + "\n".join(errors[:20])
+    assert not errors, "status events that break the schema or the contract:\n" + "\n".join(
+        errors[:20]
+    )
     assert not violations, f"events out of order by occurred_at: {violations}"
 
 
@@ -379,14 +382,17 @@ def worker(stack: devstack.Stack, observer: Observer) -> Iterator[Worker]:
 
 @pytest.fixture(autouse=True)
 def _status_contract(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Every status event the observer receives fits the published schema (formats checked),
-    and each instance's events, ordered by occurred_at, tell a possible life."""
+    """Every status event the observer receives fits the published schema (formats checked)
+    and carries what the worker promises beyond it (a code on every rejected), and each
+    instance's events, ordered by occurred_at, tell a possible life."""
     yield
     if "observer" not in request.fixturenames:
         return
     seen: Observer = request.getfixturevalue("observer")
     errors, violations = seen.new_contract_problems()
-    assert not errors, "status events that break the schema:\n" + "\n".join(errors[:20])
+    assert not errors, "status events that break the schema or the contract:\n" + "\n".join(
+        errors[:20]
+    )
     assert not violations, f"events out of order by occurred_at: {violations}"
 
 

@@ -166,9 +166,14 @@ def test_start_wait_of_a_failing_workflow_exits_3_with_its_failure(
 def test_a_start_the_worker_rejects_exits_5_with_the_reason(client: devstack.Sidecar) -> None:
     result = wfctl(client, "start", "no_such_workflow", "--wait")
     assert result.returncode == 5, result.stdout + result.stderr
-    assert last_json(result)["event"] == "rejected"
+    assert (last_json(result)["event"], last_json(result)["code"]) == (
+        "rejected",
+        "unknown_workflow",
+    )
     line = one_line(result)
-    assert line.startswith("wfctl: rejected: workflow 'no_such_workflow' is not allowed here")
+    assert line.startswith(
+        "wfctl: rejected (unknown_workflow): workflow 'no_such_workflow' is not allowed here"
+    )
     assert "greeting_workflow" in line  # the reason lists what may be started
 
 
@@ -341,7 +346,8 @@ def test_control_commands_wait_for_their_outcome(client: devstack.Sidecar) -> No
     assert last_json(result)["event"] == "purged"
     again = wfctl(client, "suspend", instance_id, "--wait", "--timeout", "60")
     assert again.returncode == 5, again.stdout + again.stderr  # unknown once purged
-    assert one_line(again).startswith(f"wfctl: rejected: unknown instance {instance_id}")
+    assert last_json(again)["code"] == "purged"  # the worker noted its own purge
+    assert one_line(again).startswith(f"wfctl: rejected (purged): unknown instance {instance_id}")
 
 
 def test_without_wait_it_prints_what_it_published(

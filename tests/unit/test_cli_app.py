@@ -212,13 +212,25 @@ def test_a_bad_end_has_its_code_and_one_line_on_stderr(
     assert result.json()["event"] == ending["event"]
 
 
-def test_a_rejection_is_5_with_the_reason(sidecar: FakeSidecar) -> None:
-    sidecar.answer = lambda topic, body, message_id: [
-        {"event": "rejected", "correlation_id": message_id, "occurred_at": at(1), "reason": "nope"}
-    ]
+@pytest.mark.parametrize(
+    ("code", "line"),
+    [
+        (None, "wfctl: rejected: nope\n"),  # an older worker's: no code
+        ("state_forbids", "wfctl: rejected (state_forbids): nope\n"),
+        ("gave_up", "wfctl: rejected (gave_up): nope\n"),
+    ],
+)
+def test_a_rejection_is_5_with_its_code_and_reason(
+    sidecar: FakeSidecar, code: str | None, line: str
+) -> None:
+    rejected = {"event": "rejected", "occurred_at": at(1), "reason": "nope"}
+    if code is not None:
+        rejected["code"] = code
+    sidecar.answer = lambda topic, body, message_id: [{**rejected, "correlation_id": message_id}]
     result = wfctl("suspend", "c-1", "--wait")
     assert result.code == Exit.REJECTED
-    assert result.err == "wfctl: rejected: nope\n"
+    assert result.err == line
+    assert result.json().get("code") == code
 
 
 def test_timeout_is_6(sidecar: FakeSidecar) -> None:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from worker.cli import requests as rq
 from worker.cli.exitcodes import Exit
-from worker.cli.outcome import Wait
+from worker.cli.outcome import REJECTION_EXIT, Wait
+from worker.events import RejectCode
 
 MSG = "msg-1"
 
@@ -51,10 +54,27 @@ def test_failed_and_terminated_map_to_their_codes_observed_ones_too() -> None:
 def test_a_rejection_of_the_message_ends_the_wait_with_5() -> None:
     wait = start_wait()
     verdict = wait.offer(
-        ev("rejected", "01", correlation_id=MSG, reason="workflow 'x' is not allowed")
+        ev(
+            "rejected",
+            "01",
+            correlation_id=MSG,
+            reason="workflow 'x' is not allowed",
+            code="unknown_workflow",
+        )
     )
     assert verdict is not None and verdict.code is Exit.REJECTED
-    assert verdict.summary == "rejected: workflow 'x' is not allowed"
+    assert verdict.summary == "rejected (unknown_workflow): workflow 'x' is not allowed"
+    assert verdict.event is not None and verdict.event["code"] == "unknown_workflow"
+
+
+@pytest.mark.parametrize("code", list(RejectCode))
+def test_the_exit_code_of_a_rejection_is_read_from_its_code(code: RejectCode) -> None:
+    """Every code has its row in REJECTION_EXIT (all 5 today), whatever the reason says."""
+    wait = start_wait()
+    verdict = wait.offer(
+        ev("rejected", "01", correlation_id=MSG, reason="unknown instance, gave up", code=code)
+    )
+    assert verdict is not None and verdict.code is REJECTION_EXIT[code] is Exit.REJECTED
 
 
 def test_events_of_an_earlier_run_under_the_same_id_do_not_count() -> None:

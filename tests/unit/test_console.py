@@ -10,9 +10,11 @@ import pytest
 
 from tests.unit.console_support import OPERATOR_TOKEN, VIEWER_TOKEN, Rig, rig, state
 from worker.config import ConsoleUser
+from worker.console.actions import REJECTION_STATUS
 from worker.console.auth import Authenticator, digest
 from worker.console.model import Filter, InstanceIndex
-from worker.events import EventType, StatusEvent, stable_event_id
+from worker.events import EventType, RejectCode, StatusEvent, stable_event_id
+from worker.outcomes import Rejected
 from worker.publisher import Outbound
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -177,30 +179,37 @@ def test_start_answers_201_with_the_started_event_and_the_key_makes_it_idempoten
 
 
 @pytest.mark.parametrize(
-    ("path", "body", "status", "reason"),
+    ("path", "body", "status", "code", "reason"),
     [
-        ("/api/instances", {"workflow": "nope"}, 422, "not allowed"),
-        ("/api/instances", {"workflow": "approval_workflow", "x": 1}, 422, "invalid message"),
-        ("/api/instances", b"[1, 2", 422, "not valid JSON"),
+        ("/api/instances", {"workflow": "nope"}, 422, "unknown_workflow", "not allowed"),
+        (
+            "/api/instances",
+            {"workflow": "approval_workflow", "x": 1},
+            422,
+            "invalid_message",
+            "invalid message",
+        ),
+        ("/api/instances", b"[1, 2", 422, "invalid_message", "not valid JSON"),
         (
             "/api/instances",
             {"workflow": "approval_workflow", "instance_id": "a"},
             409,
+            "instance_exists",
             "already exists",
         ),
-        ("/api/instances/nope/suspend", {}, 404, "unknown instance"),
-        ("/api/instances/done/suspend", {}, 409, "COMPLETED"),
-        ("/api/instances/a/resume", {}, 409, "only a suspended"),
-        ("/api/instances/a/purge", {}, 409, "only a finished"),
-        ("/api/instances/done/terminate", {}, 409, "already finished"),
-        ("/api/instances/done/events", {"data": True}, 409, "already finished"),
-        ("/api/instances/nope/events", {"data": True}, 404, "unknown instance"),
-        ("/api/instances/a/terminate", {"reason": 5}, 422, "reason"),
-        ("/api/purge", {"older_than": "soon"}, 422, "older_than"),
+        ("/api/instances/nope/suspend", {}, 404, "unknown_instance", "unknown instance"),
+        ("/api/instances/done/suspend", {}, 409, "state_forbids", "COMPLETED"),
+        ("/api/instances/a/resume", {}, 409, "state_forbids", "only a suspended"),
+        ("/api/instances/a/purge", {}, 409, "state_forbids", "only a finished"),
+        ("/api/instances/done/terminate", {}, 409, "state_forbids", "already finished"),
+        ("/api/instances/done/events", {"data": True}, 409, "state_forbids", "already finished"),
+        ("/api/instances/nope/events", {"data": True}, 404, "unknown_instance", "unknown instance"),
+        ("/api/instances/a/terminate", {"reason": 5}, 422, "invalid_message", "reason"),
+        ("/api/purge", {"older_than": "soon"}, 422, "invalid_message", "older_than"),
     ],
 )
-def test_every_rejection_has_its_status_and_reason_and_does_nothing(
-    path: str, body: object, status: int, reason: str
+def test_every_rejection_has_its_status_code_and_reason_and_does_nothing(
+    path: str, body: object, status: int, code: str, reason: str
 ) -> None:
     r = rig([state("a"), state("done", "COMPLETED")])
     kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
@@ -208,9 +217,34 @@ def test_every_rejection_has_its_status_and_reason_and_does_nothing(
     assert answer.status_code == status, answer.text
     result = answer.json()
     assert result["outcome"] == "rejected" and reason in result["reason"]
-    assert [e["data"]["event"] for e in result["events"]] == ["rejected"]
+    assert result["code"] == code
+    assert [(e["data"]["event"], e["data"]["code"]) for e in result["events"]] == [
+        ("rejected", code)
+    ]
     assert [b["event"] for b in r.published()] == ["rejected"]  # on the status topic too
     assert r.gateway.mutations() == []
+
+
+@pytest.mark.parametrize(("code", "status"), sorted(REJECTION_STATUS.items()))
+def test_the_http_status_of_a_rejection_follows_its_code_not_its_text(
+    code: RejectCode, status: int
+) -> None:
+    """Whatever the reason says (here: words of other codes), the code decides the status."""
+    r = rig([state("a")])
+
+    def refuse(instance_id: str, reason: str | None) -> None:
+        raise Rejected("unknown instance a: already exists, gave up after 3", code=code)
+
+    r.gateway.suspend = refuse  # type: ignore[method-assign]
+    answer = r.client.post("/api/instances/a/suspend", headers=r.as_operator())
+    assert answer.status_code == status, answer.text
+    assert answer.json()["code"] == code.value
+
+
+def test_a_done_action_has_no_code() -> None:
+    r = rig([state("a")])
+    answer = r.client.post("/api/instances/a/suspend", headers=r.as_operator())
+    assert answer.status_code == 200 and answer.json()["code"] is None
 
 
 def test_bad_idempotency_key_and_bad_filters_are_400_and_422() -> None:
@@ -296,6 +330,19 @@ def test_bulk_suspend_by_the_page_asks_first_then_reports() -> None:
     assert sorted(r.gateway.mutations()) == [("suspend", "a", "peak"), ("suspend", "b", "peak")]
 
 
+def test_a_bulk_jobs_results_carry_each_rejections_code_and_status() -> None:
+    r = rig([state("a"), state("done", "COMPLETED")])
+    job = r.context.jobs.prepare("ana", "suspend", ["a", "done", "nope"])
+    r.context.jobs.run(job)
+    finished = wait_job(r, job.id)
+    results = {x["instance_id"]: x for x in finished["results"]}  # type: ignore[attr-defined]
+    assert {i: (x["outcome"], x["code"], x["http_status"]) for i, x in results.items()} == {
+        "a": ("done", None, 200),
+        "done": ("rejected", "state_forbids", 409),
+        "nope": ("rejected", "unknown_instance", 404),
+    }
+
+
 # --- pages ---------------------------------------------------------------------------------------
 
 
@@ -338,3 +385,12 @@ def test_openapi_documents_every_endpoint_and_the_message_bodies() -> None:
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     start = paths["/api/instances"]["post"]
     assert any(p["name"] == "Idempotency-Key" for p in start["parameters"])
+    schemas = doc["components"]["schemas"]
+    codes = [c.value for c in RejectCode]
+    assert schemas["RejectCode"]["enum"] == codes
+    assert "RejectCode" in str(schemas["ActionResult"]["properties"]["code"])
+    assert "RejectCode" in str(schemas["JobResultOut"]["properties"]["code"])
+    assert "JobResultOut" in str(schemas["JobOut"]["properties"]["results"])
+    assert "`unknown_instance`" in start["responses"]["404"]["description"]
+    assert "`gave_up`" in start["responses"]["503"]["description"]
+    assert all(f"`{code}`" in doc["info"]["description"] for code in codes)

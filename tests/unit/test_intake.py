@@ -19,11 +19,12 @@ from worker import intake as intake_module
 from worker import outcomes
 from worker.config import Settings
 from worker.events import EventType
-from worker.handlers.inbound import Inbound
+from worker.handlers.inbound import Inbound, parse
 from worker.handlers.pipeline import Pipeline
 from worker.handlers.report import report
 from worker.idempotency import Claim, IdempotencyStore, message_key
 from worker.intake import Intake
+from worker.messages import control_adapter
 from worker.outcomes import RejectCode, Rejected, Transient
 from worker.publisher import Outbound, StatusPublisher
 
@@ -46,14 +47,18 @@ def event(message_id: str, instance_id: str) -> v1.Event:
 @dataclass
 class Handler:
     """Records the order it handles messages in; a message id in ``hold`` waits for its
-    event; ``errors`` are raised, one a call, first."""
+    event; ``errors`` are raised, one a call, first; with ``parse``, a message that is not a
+    control message is rejected first, as the control handler does."""
 
     handled: list[str] = field(default_factory=list)
     hold: dict[str, threading.Event] = field(default_factory=dict)
     errors: list[Exception] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    parse: bool = False
 
     def handle(self, message: Inbound, claim: Claim) -> list[Outbound]:
+        if self.parse:
+            parse(message, control_adapter)
         gate = self.hold.get(message.message_id)
         if gate is not None:
             gate.wait(5)
@@ -88,11 +93,11 @@ class Rig:
     stopping: threading.Event
     intakes: list[Intake] = field(default_factory=list)
 
-    def intake(self, *, slots: int = 8, lanes: int = 4) -> Intake:
+    def intake(self, *, slots: int = 8, lanes: int = 4, max_bytes: int = 1_000_000) -> Intake:
         """A started intake over this rig's store (a new one is the worker after a restart)."""
         store = IdempotencyStore(self.state, "records", ttl_seconds=3600, lease_seconds=60)
         publisher = StatusPublisher(self.pubsub, Settings(app_id="worker"))
-        pipeline = Pipeline(store, publisher, max_transient_attempts=3)
+        pipeline = Pipeline(store, publisher, max_transient_attempts=3, max_message_bytes=max_bytes)
         made = Intake(
             pipeline,
             {TOPIC: self.handler},
@@ -178,7 +183,29 @@ def test_a_dropped_message_goes_to_the_dead_letters(rig: Rig) -> None:
     intake = rig.intake()
     intake.accept(TOPIC, event("m1", "order-1"))
     within(lambda: rig.dead.moved == ["m1"] and not rig.journaled())
-    assert [b["event"] for b in rig.pubsub.bodies()] == ["rejected"]
+    assert [(b["event"], b["code"]) for b in rig.pubsub.bodies()] == [
+        ("rejected", "invalid_message")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("data", "max_bytes", "code"),
+    [
+        (b"{not json", 1_000_000, "invalid_message"),
+        (json.dumps({"action": "query", "instance_id": "o", "pad": "x" * 200}), 100, "too_large"),
+    ],
+)
+def test_a_message_rejected_behind_the_intake_says_why_in_its_code(
+    rig: Rig, data: bytes | str, max_bytes: int, code: str
+) -> None:
+    """The intake answers success at once; the rejection comes later, from the lane."""
+    rig.handler.parse = True
+    intake = rig.intake(max_bytes=max_bytes)
+    assert intake.accept(TOPIC, cloud_event("m1", data)).status.name == "success"
+    within(lambda: rig.dead.moved == ["m1"] and not rig.journaled())
+    [rejected] = rig.pubsub.bodies()
+    assert (rejected["event"], rejected["code"]) == ("rejected", code)
+    assert rig.handler.handled == []
 
 
 def test_a_dead_letter_that_fails_is_tried_again_and_the_lane_goes_on(rig: Rig) -> None:

@@ -113,6 +113,7 @@ def test_parked_message_is_rejected_after_the_grace_period() -> None:
     assert rejected["event"] == "rejected"
     assert rejected["instance_id"] == "order-1"
     assert rejected["reason"].startswith("unknown instance order-1 (waited 0s")
+    assert rejected["code"] == "unknown_instance"
     assert rig.lot.parked() == {}
 
 
@@ -121,6 +122,7 @@ def test_without_a_grace_period_an_unknown_instance_is_rejected_at_once() -> Non
     response = rig.pipeline(TOPIC, WaitingHandler(), cloud_event(data=BODY))
     assert response.status.name == "drop"
     assert rig.pubsub.bodies()[0]["reason"] == "unknown instance order-1"
+    assert rig.pubsub.bodies()[0]["code"] == "unknown_instance"
     assert rig.lot.parked() == {}
 
 
@@ -142,6 +144,7 @@ def test_a_message_for_a_purged_instance_is_rejected_at_once_saying_when() -> No
     assert rejected["reason"] == (
         "unknown instance order-1: it was purged at 2026-12-01T09:30:00.125000+00:00"
     )
+    assert rejected["code"] == "purged"
     assert rig.lot.parked() == {}
 
 
@@ -153,6 +156,7 @@ def test_a_parked_message_is_rejected_once_its_instance_is_known_purged() -> Non
     rig.purges.note("order-1", PURGED_AT)
     assert rig.retry_parked(handler) == ["drop"]
     assert "purged at" in rig.pubsub.bodies()[0]["reason"]
+    assert rig.pubsub.bodies()[0]["code"] == "purged"
 
 
 def test_a_start_nudges_the_lot() -> None:

@@ -25,7 +25,7 @@ from worker.handlers.pipeline import Pipeline
 from worker.handlers.report import report
 from worker.handlers.start import StartHandler
 from worker.idempotency import Begin, Claim, IdempotencyStore, message_key
-from worker.outcomes import Rejected, Transient
+from worker.outcomes import RejectCode, Rejected, Transient
 from worker.publisher import Outbound, StatusPublisher
 
 TOPIC = "workflow.control"
@@ -158,6 +158,7 @@ def test_rejected_is_dropped_with_a_rejection_event(harness: Harness) -> None:
         errors=[
             Rejected(
                 "cannot suspend order-1: instance is COMPLETED",
+                code=RejectCode.STATE_FORBIDS,
                 status="COMPLETED",
                 instance_id="order-1",
                 workflow="wf",
@@ -173,6 +174,7 @@ def test_rejected_is_dropped_with_a_rejection_event(harness: Harness) -> None:
     assert body["event"] == "rejected"
     assert body["correlation_id"] == "msg-42"
     assert body["reason"] == "cannot suspend order-1: instance is COMPLETED"
+    assert body["code"] == "state_forbids"
     assert body["status"] == "COMPLETED"
     assert body["instance_id"] == "order-1"
     assert body["workflow"] == "wf"
@@ -222,6 +224,7 @@ def test_gives_up_after_max_transient_attempts(harness: Harness) -> None:
     assert body["correlation_id"] == "msg-1"
     assert f"gave up after {MAX_ATTEMPTS} attempts" in body["reason"]
     assert f"down {MAX_ATTEMPTS}" in body["reason"]  # the last error
+    assert body["code"] == "gave_up"
 
     # A later redelivery is a duplicate: same rejection, no further handling.
     assert harness.deliver(handler, cloud_event()) == "success"
@@ -298,6 +301,7 @@ def test_oversized_message_is_rejected_without_calling_the_handler() -> None:
     (rejected,) = small.published()
     assert rejected["event"] == "rejected"
     assert "limit is 2048" in rejected["reason"]
+    assert rejected["code"] == "too_large"
 
 
 def test_every_outcome_is_audited_as_one_json_line(

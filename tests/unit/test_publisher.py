@@ -14,7 +14,7 @@ import pytest
 
 from tests.unit.fakes import FakePublishClient, FakeRpcError
 from worker.config import Settings
-from worker.events import EVENT_TYPE_PREFIX, EventType, FailureInfo, StatusEvent
+from worker.events import EVENT_TYPE_PREFIX, EventType, FailureInfo, RejectCode, StatusEvent
 from worker.outcomes import Transient
 from worker.publisher import Outbound, StatusPublisher
 
@@ -236,13 +236,20 @@ def test_echo_prints_one_compact_line_per_published_event(
     with caplog.at_level(logging.INFO, logger="worker.status"):
         publisher.publish(Outbound("e1", _event(status="RUNNING")))
         publisher.publish(
-            Outbound("e2", _event(EventType.REJECTED, reason="unknown instance order-1"))
+            Outbound(
+                "e2",
+                _event(
+                    EventType.REJECTED,
+                    reason="unknown instance order-1",
+                    code=RejectCode.UNKNOWN_INSTANCE,
+                ),
+            )
         )
     lines = [r.getMessage() for r in caplog.records if r.name == "worker.status"]
     assert lines == [
         "status 10:00:00.000 started order-1 RUNNING workflow=approval_workflow",
         "status 10:00:00.000 rejected order-1 workflow=approval_workflow "
-        "reason='unknown instance order-1'",
+        "code=unknown_instance reason='unknown instance order-1'",
     ]
 
 

@@ -27,8 +27,9 @@ MEANING: dict[Exit, str] = {
     "worker's schema refuses); nothing was published",
     Exit.FAILED: "the workflow failed (its failure on stderr)",
     Exit.TERMINATED: "the workflow was terminated while wfctl waited for it to finish",
-    Exit.REJECTED: "the worker rejected the message (the reason on stderr): unknown or not "
-    "allowed workflow, unknown instance, an action its state forbids, ...",
+    Exit.REJECTED: "the worker rejected the message, whatever the rejected event's code "
+    "(code and reason on stderr, the event on stdout): unknown or not allowed workflow, unknown "
+    "instance, an action its state forbids, ...",
     Exit.TIMEOUT: "no outcome within --timeout; the message was published and the work may "
     "still go on",
     Exit.UNAVAILABLE: "no usable sidecar or broker: not reachable or not healthy, no such "

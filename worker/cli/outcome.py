@@ -6,9 +6,9 @@ once the outcome is known.
 Matching, in this order:
 
 1. An event whose ``correlation_id`` is the id of the message wfctl published is the handler's
-   answer: ``rejected`` ends the wait (exit code 5); the expected event (``started`` for a
-   start, ``suspended`` for a suspend, ...) is done, or, when the wait follows the instance to
-   its end, the *anchor*.
+   answer: ``rejected`` ends the wait (exit code 5 for every ``code``, see `REJECTION_EXIT`);
+   the expected event (``started`` for a start, ``suspended`` for a suspend, ...) is done, or,
+   when the wait follows the instance to its end, the *anchor*.
 2. After the anchor, events of the same instance count whoever caused them (``observed`` ones
    too): ``completed`` / ``failed`` / ``terminated`` end the wait with 0 / 3 / 4. Only events
    that occurred at or after the anchor count, so what a stream replays of an earlier run under
@@ -26,13 +26,36 @@ from typing import Any
 from pydantic import ValidationError
 
 from worker.cli.exitcodes import Exit
-from worker.events import EventType, StatusEvent
+from worker.events import EventType, RejectCode, StatusEvent
 
 ENDINGS: dict[EventType, Exit] = {
     EventType.COMPLETED: Exit.OK,
     EventType.FAILED: Exit.FAILED,
     EventType.TERMINATED: Exit.TERMINATED,
 }
+
+REJECTION_EXIT: dict[RejectCode, Exit] = {
+    RejectCode.INVALID_MESSAGE: Exit.REJECTED,
+    RejectCode.TOO_LARGE: Exit.REJECTED,
+    RejectCode.UNKNOWN_WORKFLOW: Exit.REJECTED,
+    RejectCode.UNKNOWN_INSTANCE: Exit.REJECTED,
+    RejectCode.PURGED: Exit.REJECTED,
+    RejectCode.INSTANCE_EXISTS: Exit.REJECTED,
+    RejectCode.STATE_FORBIDS: Exit.REJECTED,
+    RejectCode.SIDECAR_REFUSED: Exit.REJECTED,
+    RejectCode.GAVE_UP: Exit.REJECTED,  # dropped too; the same request may succeed later
+    RejectCode.OTHER: Exit.REJECTED,
+}
+"""The exit code of a rejection, by the `rejected` event's code (never its reason's text).
+Every code is 5 today: the message was dropped, whatever the cause, and the exit codes are
+stable; a step that must tell causes apart reads ``code`` from the event wfctl prints. A unit
+test fails when a code has no row here."""
+
+
+def rejection_exit(event: StatusEvent) -> Exit:
+    """The exit code of a `rejected` event (one without a code, from an older worker: 5)."""
+    return REJECTION_EXIT[event.code or RejectCode.OTHER]
+
 
 _KEPT_BEFORE_ANCHOR = 200  # events of the instance held until the anchor arrives
 
@@ -61,7 +84,8 @@ def describe(event: StatusEvent) -> str:
     """One line about an event that ends a wait badly, for stderr."""
     who = event.instance_id or "bulk request"
     if event.event is EventType.REJECTED:
-        return f"rejected: {event.reason or 'no reason given'}"
+        code = f" ({event.code.value})" if event.code is not None else ""
+        return f"rejected{code}: {event.reason or 'no reason given'}"
     if event.event is EventType.FAILED:
         failure = event.failure
         if failure is None:
@@ -123,7 +147,7 @@ class Wait:
     def _correlated(self, event: StatusEvent, raw: dict[str, Any]) -> Verdict | None:
         if event.event is EventType.REJECTED:
             self._saw(event)
-            return Verdict(Exit.REJECTED, raw, describe(event))
+            return Verdict(rejection_exit(event), raw, describe(event))
         if self.bulk and event.instance_id is not None:
             self._saw(event)
             return None  # one instance of a bulk purge: progress only

@@ -39,6 +39,8 @@ def text_line(event: StatusEvent) -> str:
     if event.failure is not None:
         failure = event.failure
         extras.append(f"failure={_short(f'{failure.type}: {failure.message}')}")
+    if event.code is not None:
+        extras.append(f"code={event.code.value}")
     if event.reason:
         extras.append(f"reason={_short(event.reason)}")
     if event.output is not None:

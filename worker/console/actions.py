@@ -29,7 +29,7 @@ from typing import Any
 from dapr.clients.grpc._response import TopicEventResponseStatus
 
 from worker.config import Settings
-from worker.events import EventType, now
+from worker.events import EventType, RejectCode, now
 from worker.handlers.inbound import Inbound
 from worker.handlers.pipeline import Pipeline, TopicHandler
 from worker.publisher import Outbound
@@ -63,13 +63,17 @@ class Outcome:
             return 202
         if self.state == "retry":
             return 503
-        return rejection_status(self.reason or "", self._rejected_status())
+        return rejection_status(self.code)
 
-    def _rejected_status(self) -> str | None:
+    @property
+    def code(self) -> RejectCode | None:
+        """The code of the `rejected` event the action caused (None unless rejected)."""
+        if self.state != "rejected":
+            return None
         for outbound in self.events:
             if outbound.event.event is EventType.REJECTED:
-                return outbound.event.status
-        return None
+                return outbound.event.code or RejectCode.OTHER
+        return RejectCode.OTHER
 
     @property
     def instance_id(self) -> str | None:
@@ -84,6 +88,7 @@ class Outcome:
             "message_id": self.message_id,
             "instance_id": self.instance_id,
             "reason": self.reason,
+            "code": self.code,
             "events": [
                 {
                     "id": o.event_id,
@@ -95,16 +100,25 @@ class Outcome:
         }
 
 
-def rejection_status(reason: str, status: str | None) -> int:
-    """The HTTP status that says why a request was rejected."""
-    lowered = reason.lower()
-    if "unknown instance" in lowered:
-        return 404
-    if status is not None or "already exists" in lowered or "already finished" in lowered:
-        return 409  # the instance's state forbids it
-    if lowered.startswith("gave up after"):
-        return 503
-    return 422  # the request itself: not JSON, not the schema, a workflow not allowed
+REJECTION_STATUS: dict[RejectCode, int] = {
+    RejectCode.UNKNOWN_INSTANCE: 404,
+    RejectCode.PURGED: 404,  # gone for good
+    RejectCode.INSTANCE_EXISTS: 409,  # the instance's state forbids it
+    RejectCode.STATE_FORBIDS: 409,
+    RejectCode.GAVE_UP: 503,  # transient faults to the end: the same request may succeed later
+    RejectCode.INVALID_MESSAGE: 422,  # the request itself: not JSON, not the schema, ...
+    RejectCode.TOO_LARGE: 422,
+    RejectCode.UNKNOWN_WORKFLOW: 422,
+    RejectCode.SIDECAR_REFUSED: 422,
+    RejectCode.OTHER: 422,
+}
+"""The HTTP status of a rejection, by its code: every code has one (a unit test keeps it so)."""
+
+
+def rejection_status(code: RejectCode | None) -> int:
+    """The HTTP status that says why a request was rejected, read from its code, never from
+    its reason's text (a rejection without a code, which this worker never makes: 422)."""
+    return REJECTION_STATUS[code or RejectCode.OTHER]
 
 
 class _Capture(threading.local):
@@ -245,6 +259,7 @@ class JobResult:
     event: str | None
     reason: str | None
     http_status: int
+    code: RejectCode | None = None
 
 
 @dataclass
@@ -379,7 +394,14 @@ class Jobs:
                 log.exception("console: bulk %s of %s", job.action, instance_id)
                 return JobResult(instance_id, "error", None, str(error), 500)
             event = outcome.events[0].event.event.value if outcome.events else None
-            return JobResult(instance_id, outcome.state, event, outcome.reason, outcome.http_status)
+            return JobResult(
+                instance_id,
+                outcome.state,
+                event,
+                outcome.reason,
+                outcome.http_status,
+                outcome.code,
+            )
 
         try:
             for result in self._pool.map(one, job.instance_ids):

@@ -3,7 +3,7 @@
 Action endpoints take the body of the message they become, read as the worker reads a message
 (so a body that is not JSON, or does not fit, is rejected by the same validation, with the
 same reasons), and answer with the outcome: the status events the action caused, or the
-``rejected`` event and its reason, with the HTTP status that fits.
+``rejected`` event with its reason and code, with the HTTP status its code chooses.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, JsonValue
 from starlette.concurrency import run_in_threadpool
 
-from worker.console.actions import Outcome
+from worker.console.actions import REJECTION_STATUS, Outcome
 from worker.console.auth import Principal
 from worker.console.query import MAX_PER_PAGE, BadQuery, ListQuery
-from worker.events import StatusEvent, TimelineEntry
+from worker.events import RejectCode, StatusEvent, TimelineEntry
 from worker.messages import StartWorkflow
 from worker.outcomes import Missing, Rejected, Transient
 from worker.timeline import build_timeline, run_input
@@ -27,7 +27,7 @@ from worker.timeline import build_timeline, run_input
 if TYPE_CHECKING:
     from worker.console.web import Context
 
-API_DESCRIPTION = """\
+_API_DESCRIPTION = """\
 Every action is one message through the worker's own line (the same validation, idempotency,
 status events and audit log as a message published on `workflow.start`, `workflow.approval`
 or `workflow.control`), with the CloudEvent source `console:<user>`.
@@ -43,8 +43,21 @@ ids). Without a key, each call is a new message.
 instance; `409` the instance's state forbids it; `422` the request is invalid (not JSON, not
 the schema, a workflow that may not be started); `503` a transient fault (send again with the
 same key); `202` not finished within the deadline (send again with the same key for the
-outcome). Every rejection is also published as a `rejected` status event.
+outcome). Every rejection is also published as a `rejected` status event; its `code` (also in
+the answer) is what the HTTP status is chosen by: {codes}.
 """
+
+
+def _codes_of(status: int) -> str:
+    return ", ".join(f"`{c.value}`" for c, s in REJECTION_STATUS.items() if s == status)
+
+
+API_DESCRIPTION = _API_DESCRIPTION.replace(
+    "{codes}",
+    "; ".join(
+        f"`{status}` {_codes_of(status)}" for status in sorted(set(REJECTION_STATUS.values()))
+    ),
+)
 
 TAGS = [
     {"name": "instances", "description": "Read the instances and their history."},
@@ -71,6 +84,11 @@ class ActionResult(BaseModel):
     message_id: str = Field(description="The message's id: the Idempotency-Key, or a new one.")
     instance_id: str | None = None
     reason: str | None = Field(default=None, description="Why it was rejected, or is pending.")
+    code: RejectCode | None = Field(
+        default=None,
+        description="When rejected: why, in one word (the `rejected` event's code), which "
+        "chose the HTTP status.",
+    )
     events: list[EventOut] = Field(description="The status events it caused (published).")
 
 
@@ -173,6 +191,19 @@ class BulkBody(BaseModel):
     )
 
 
+class JobResultOut(BaseModel):
+    """What a bulk action did to one instance."""
+
+    instance_id: str
+    outcome: Literal["done", "rejected", "retry", "pending", "error"]
+    event: str | None = Field(description="The first status event it caused.")
+    reason: str | None = Field(description="Why it was rejected, or is pending.")
+    http_status: int = Field(description="What the same action on this instance alone answers.")
+    code: RejectCode | None = Field(
+        default=None, description="When rejected: why, in one word (the `rejected` event's code)."
+    )
+
+
 class JobOut(BaseModel):
     job_id: str
     action: str
@@ -183,7 +214,7 @@ class JobOut(BaseModel):
     done: int
     summary: dict[str, int]
     instance_ids: list[str]
-    results: list[dict[str, Any]]
+    results: list[JobResultOut]
     created_at: str
     finished_at: str | None
 
@@ -225,10 +256,17 @@ def complete(document: dict[str, Any]) -> None:
 _REJECTIONS: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem, "description": "No or an unknown bearer token."},
     403: {"model": Problem, "description": "A viewer may not act."},
-    404: {"model": ActionResult, "description": "Unknown instance."},
-    409: {"model": ActionResult, "description": "The instance's state forbids it."},
-    422: {"model": ActionResult, "description": "Invalid request."},
-    503: {"model": ActionResult, "description": "Transient: send again, same key."},
+    404: {"model": ActionResult, "description": f"Unknown instance (code {_codes_of(404)})."},
+    409: {
+        "model": ActionResult,
+        "description": f"The instance's state forbids it (code {_codes_of(409)}).",
+    },
+    422: {"model": ActionResult, "description": f"Invalid request (code {_codes_of(422)})."},
+    503: {
+        "model": ActionResult,
+        "description": f"Transient: send again, same key (outcome retry; or rejected, code "
+        f"{_codes_of(503)}).",
+    },
     202: {"model": ActionResult, "description": "Still running: send again, same key."},
 }
 

@@ -87,6 +87,7 @@ def rejection(
     message: Inbound,
     reason: str,
     *,
+    code: RejectCode,
     instance_id: str | None = None,
     workflow: str | None = None,
     status: str | None = None,
@@ -97,6 +98,7 @@ def rejection(
         workflow=workflow,
         status=status,
         reason=reason,
+        code=code,
         correlation_id=message.message_id,
         occurred_at=now(),
     )
@@ -216,23 +218,28 @@ class Pipeline:
             purged_at = self._purged_at(error.instance_id)
             if purged_at is not None:  # it existed: waiting will not bring it back
                 reason = f"{error}: it was purged at {iso(purged_at)}"
+                code = RejectCode.PURGED
                 events = [
-                    rejection(message, reason, instance_id=error.instance_id, status="PURGED")
+                    rejection(
+                        message, reason, code=code, instance_id=error.instance_id, status="PURGED"
+                    )
                 ]
-                status, code = "drop", RejectCode.PURGED
+                status = "drop"
             elif self._parking is not None and waited < self._grace:
                 return self._park(key, message, first_seen, error)
             else:
                 reason = str(error)
                 if self._parking is not None and self._grace > 0:
                     reason += f" (waited {waited:.0f}s for it to be started)"
-                events = [rejection(message, reason, instance_id=error.instance_id)]
-                status, code = "drop", RejectCode.UNKNOWN_INSTANCE
+                code = RejectCode.UNKNOWN_INSTANCE
+                events = [rejection(message, reason, code=code, instance_id=error.instance_id)]
+                status = "drop"
         except Rejected as error:
             events = [
                 rejection(
                     message,
                     error.reason,
+                    code=error.code,
                     status=error.status,
                     instance_id=error.instance_id,
                     workflow=error.workflow,
@@ -254,7 +261,8 @@ class Pipeline:
                 self._store.release(key, acted=True)  # the failed call may have been made
                 return _verdict(Outcome.RETRY, kind)
             reason = f"gave up after {self._max_attempts} attempts; last error: {error}"
-            events, status, code = [rejection(message, reason)], "drop", RejectCode.GAVE_UP
+            code = RejectCode.GAVE_UP
+            events, status = [rejection(message, reason, code=code)], "drop"
 
         instance_id = next((o.event.instance_id for o in events if o.event.instance_id), None)
         traces.tag_instance(instance_id)
@@ -330,7 +338,8 @@ class Pipeline:
         """One JSON line per outcome: who asked (CloudEvent source), what, which, result."""
         if status == "drop":
             for outbound in events:
-                log.warning("rejected %s: %s", message.describe(), outbound.event.reason)
+                event = outbound.event
+                log.warning("rejected %s (%s): %s", message.describe(), event.code, event.reason)
         if not audit.isEnabledFor(logging.INFO):  # no line to write: nothing to format
             return
         if not events:
@@ -357,6 +366,7 @@ class Pipeline:
                         "workflow": e.workflow,
                         "outcome": status,
                         "reason": e.reason,
+                        **({"code": e.code.value} if e.code is not None else {}),
                     }
                 )
             )

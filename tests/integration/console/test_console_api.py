@@ -131,28 +131,53 @@ def test_terminate_with_a_reason(console: ConsoleWorker, observer: Observer) -> 
 
 
 @pytest.mark.parametrize(
-    ("path", "body", "status", "reason"),
+    ("path", "body", "status", "code", "reason"),
     [
-        ("/api/instances", {"workflow": "no_such_workflow"}, 422, "not allowed"),
-        ("/api/instances", b"{not json", 422, "not valid JSON"),
-        ("/api/instances", {"workflow": "waiting_workflow", "inptu": 1}, 422, "inptu"),
-        ("/api/instances/never-started-x/suspend", {}, 404, "unknown instance"),
-        ("/api/instances/never-started-x/events", {"data": True}, 404, "unknown instance"),
-        ("/api/instances/{finished}/suspend", {}, 409, "COMPLETED"),
-        ("/api/instances/{finished}/terminate", {}, 409, "already finished"),
-        ("/api/instances/{finished}/events", {"data": True}, 409, "already finished"),
-        ("/api/instances/{running}/resume", {}, 409, "only a suspended"),
-        ("/api/instances/{running}/purge", {}, 409, "only a finished"),
-        ("/api/purge", {"statuses": ["RUNNING"]}, 422, "statuses"),
+        (
+            "/api/instances",
+            {"workflow": "no_such_workflow"},
+            422,
+            "unknown_workflow",
+            "not allowed",
+        ),
+        ("/api/instances", b"{not json", 422, "invalid_message", "not valid JSON"),
+        (
+            "/api/instances",
+            {"workflow": "waiting_workflow", "inptu": 1},
+            422,
+            "invalid_message",
+            "inptu",
+        ),
+        ("/api/instances/never-started-x/suspend", {}, 404, "unknown_instance", "unknown instance"),
+        (
+            "/api/instances/never-started-x/events",
+            {"data": True},
+            404,
+            "unknown_instance",
+            "unknown instance",
+        ),
+        ("/api/instances/{finished}/suspend", {}, 409, "state_forbids", "COMPLETED"),
+        ("/api/instances/{finished}/terminate", {}, 409, "state_forbids", "already finished"),
+        (
+            "/api/instances/{finished}/events",
+            {"data": True},
+            409,
+            "state_forbids",
+            "already finished",
+        ),
+        ("/api/instances/{running}/resume", {}, 409, "state_forbids", "only a suspended"),
+        ("/api/instances/{running}/purge", {}, 409, "state_forbids", "only a finished"),
+        ("/api/purge", {"statuses": ["RUNNING"]}, 422, "invalid_message", "statuses"),
     ],
 )
-def test_every_rejection_is_a_4xx_with_its_reason_and_a_rejected_event(
+def test_every_rejection_is_a_4xx_with_its_code_reason_and_a_rejected_event(
     console: ConsoleWorker,
     observer: Observer,
     finished_and_running: tuple[str, str],
     path: str,
     body: Any,
     status: int,
+    code: str,
     reason: str,
 ) -> None:
     finished, running = finished_and_running
@@ -163,8 +188,10 @@ def test_every_rejection_is_a_4xx_with_its_reason_and_a_rejected_event(
     assert answer.status_code == status, answer.text
     result = answer.json()
     assert result["outcome"] == "rejected" and reason in result["reason"], result
+    assert result["code"] == code, result
     published = on_topic(observer, result["events"][0]["id"])
     assert (published["event"], published["correlation_id"]) == ("rejected", message_id)
+    assert published["code"] == code
     assert console.worker.wait_status(running, {"RUNNING"})  # nothing half-done
     assert console.worker.wait_status(finished, {"COMPLETED"})
 
