@@ -725,8 +725,10 @@ log.dirs={data}
 # Topics appear when first used (Dapr creates none), each with 4 partitions.
 auto.create.topics.enable=true
 num.partitions=4
-# One broker: internal topics with one replica, or they cannot be created.
+# One broker: internal topics with one replica, or they cannot be created; the consumer
+# groups' offsets in 4 partitions rather than 50 (made at the first group's join).
 offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
 transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1

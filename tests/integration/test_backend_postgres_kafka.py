@@ -45,7 +45,14 @@ def observer(stack: devstack.Stack) -> Iterator[Observer]:
 
 @pytest.fixture(scope="module")
 def worker(stack: devstack.Stack, observer: Observer) -> Iterator[Worker]:
-    running = start_worker(stack, "workflow-worker", profile=BACKEND)
+    # An approval published with its start may come first: parked, not rejected, however
+    # long the first join of Kafka's consumer group keeps the start back.
+    running = start_worker(
+        stack,
+        "workflow-worker",
+        profile=BACKEND,
+        env={"WORKER_UNKNOWN_INSTANCE_GRACE_SECONDS": "120"},
+    )
     yield running
     running.stop()
 
