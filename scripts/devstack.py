@@ -1,4 +1,5 @@
-"""Starts a local Dapr stack: placement, scheduler, Redis (optional), sidecars and workers.
+"""Starts a local Dapr stack: placement, scheduler, a profile's backends (Redis, or PostgreSQL
+and Kafka), sidecars and workers.
 
 Used by ``scripts/run.sh`` (``python scripts/devstack.py up``) and by the test fixtures.
 Every process gets free ports (unless given), writes its log to a file, is waited on with a
@@ -9,8 +10,10 @@ Ctrl+C or a failing test.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import os
+import pwd
 import random
 import re
 import shutil
@@ -18,10 +21,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +59,26 @@ def zipkin_jar() -> Path:
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     version = _pinned("ZIPKIN_VERSION")
     return cache / "dapr-workflow-worker" / "zipkin" / f"zipkin-server-{version}-exec.jar"
+
+
+def kafka_lib() -> Path:
+    """Where scripts/setup.sh puts Kafka's broker jars (``KAFKA_LIB`` overrides)."""
+    if os.environ.get("KAFKA_LIB"):
+        return Path(os.environ["KAFKA_LIB"])
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "dapr-workflow-worker" / "kafka" / _pinned("KAFKA_VERSION") / "lib"
+
+
+# The components/ folders the stack can start the backends of, and what each needs.
+PROFILES = ("default", "redis", "postgres-kafka")
+# PostgreSQL's server programs (Debian's postgresql-15 puts them here, off PATH).
+_POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def postgres_bin(name: str) -> Path:
+    """``initdb``/``postgres`` from PATH, else from Debian's PostgreSQL 15."""
+    found = shutil.which(name)
+    return Path(found) if found else _POSTGRES_BIN / name
 
 
 def traced_config(dest: Path, zipkin_port: int) -> Path:
@@ -250,6 +275,10 @@ class Stack:
         self.placement_port = 0
         self.scheduler_port = 0
         self.redis_port = 0
+        self.postgres_port = 0
+        self.kafka_port = 0
+        # Run after every process has stopped (temporary data folders).
+        self.cleanups: list[Callable[[], None]] = []
         # Text replacements applied to every copied component file (tests widen scopes).
         self.component_patches: dict[str, str] = {}
 
@@ -266,6 +295,8 @@ class Stack:
             except Exception as error:  # keep stopping the others
                 print(f"[devstack] stopping {proc.name}: {error}", file=sys.stderr)
         self.procs.clear()
+        while self.cleanups:
+            self.cleanups.pop()()
 
     def failed_logs(self) -> str:
         return "\n".join(
@@ -413,14 +444,164 @@ class Stack:
         )
         return self._ready(proc, lambda: http_ok(f"http://127.0.0.1:{port}/health"), timeout, 0.5)
 
+    def start_backend(self, profile: str) -> None:
+        """Start what ``components/<profile>`` connects to: nothing for the embedded default,
+        Redis for ``redis``, PostgreSQL and Kafka for ``postgres-kafka``."""
+        if profile not in PROFILES:
+            raise ValueError(f"unknown profile {profile!r}: one of {', '.join(PROFILES)}")
+        if profile == "redis":
+            self.start_redis()
+        elif profile == "postgres-kafka":
+            self.start_postgres()
+            self.start_kafka()
+
+    def start_postgres(
+        self, port: int | None = None, data_dir: Path | None = None, timeout: float = 60
+    ) -> Proc:
+        """PostgreSQL (Debian's server programs) on 127.0.0.1:``port``, no Unix socket, one
+        superuser ``dapr`` that loopback clients reach without a password, database
+        ``dapr``. ``data_dir``: a cluster kept between runs (made by initdb when empty);
+        default: a new one, removed when the stack closes. As root, the server runs as the
+        ``postgres`` user (it refuses to run as root)."""
+        initdb, server = postgres_bin("initdb"), postgres_bin("postgres")
+        if not server.exists():
+            raise RuntimeError("PostgreSQL is not installed: apt-get install postgresql")
+        self.postgres_port = port or free_port()
+        as_user = _postgres_user()
+        if data_dir is None:
+            if as_user:  # the test's folders are private to root: the server gets its own
+                scratch = Path(tempfile.mkdtemp(prefix="devstack-postgres-"))
+                self.cleanups.append(lambda: shutil.rmtree(scratch, ignore_errors=True))
+                user = pwd.getpwnam("postgres")
+                os.chown(scratch, user.pw_uid, user.pw_gid)
+                data_dir = scratch / "data"
+            else:
+                data_dir = self.workdir / "postgres-data"
+        if not (data_dir / "PG_VERSION").exists():
+            data_dir.mkdir(parents=True, exist_ok=True)
+            if as_user:
+                user = pwd.getpwnam("postgres")
+                os.chown(data_dir, user.pw_uid, user.pw_gid)
+            made = subprocess.run(
+                [
+                    *as_user,
+                    str(initdb),
+                    "--pgdata",
+                    str(data_dir),
+                    "--username",
+                    "dapr",
+                    "--auth",
+                    "trust",
+                    "--encoding",
+                    "UTF8",
+                    "--locale",
+                    "C.UTF-8",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+            if made.returncode != 0:
+                raise RuntimeError(f"initdb {data_dir} failed:\n{made.stdout}{made.stderr}")
+        proc = self._spawn(
+            "postgres",
+            [
+                *as_user,
+                str(server),
+                "-D",
+                str(data_dir),
+                "-p",
+                str(self.postgres_port),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "unix_socket_directories=",
+            ],
+            ports={"postgres": self.postgres_port},
+        )
+        self._ready(proc, lambda: port_open(self.postgres_port), timeout)
+        # The components' database: created once, on the first start of a cluster.
+        wait_until(
+            lambda: _postgres_database(self.postgres_port, "dapr"),
+            timeout,
+            "postgres: database dapr",
+            proc.alive,
+            interval=0.2,
+        )
+        return proc
+
+    def start_kafka(
+        self, port: int | None = None, data_dir: Path | None = None, timeout: float = 120
+    ) -> Proc:
+        """A single-node Kafka (KRaft: broker and controller in one JVM, 512 MB heap) on
+        127.0.0.1:``port``, from the jars scripts/setup.sh caches. Topics are created on first
+        use with 4 partitions, so that a partitionKey decides something. ``data_dir``: a log
+        kept between runs (formatted when new); default: a folder of this stack."""
+        lib, java = kafka_lib(), shutil.which("java")
+        if java is None or not lib.is_dir():
+            raise RuntimeError(f"Kafka's jars ({lib}) or java is missing: run scripts/setup.sh")
+        self.kafka_port = port or free_port()
+        controller = free_port()
+        data = data_dir or self.workdir / "kafka-data"
+        data.mkdir(parents=True, exist_ok=True)
+        home = self.workdir / "kafka"
+        home.mkdir(exist_ok=True)
+        properties = home / "server.properties"
+        properties.write_text(
+            _KAFKA_PROPERTIES.format(port=self.kafka_port, controller=controller, data=data)
+        )
+        log4j = home / "log4j2.yaml"
+        log4j.write_text(_KAFKA_LOG4J)
+        jvm = [java, "-Xms512m", "-Xmx512m", f"-Dlog4j2.configurationFile={log4j}"]
+        classpath = ["-cp", f"{lib}/*"]
+        if not (data / "meta.properties").exists():
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            formatted = subprocess.run(
+                [
+                    *jvm,
+                    *classpath,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "--cluster-id",
+                    cluster_id,
+                    "--config",
+                    str(properties),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+            if formatted.returncode != 0:
+                raise RuntimeError(f"formatting {data} failed:\n{formatted.stdout[-3000:]}")
+        log = self.workdir / "kafka.log"
+        since = log.stat().st_size if log.exists() else 0
+        proc = self._spawn(
+            "kafka",
+            [*jvm, *classpath, "kafka.Kafka", str(properties)],
+            ports={"kafka": self.kafka_port, "controller": controller},
+        )
+
+        def started() -> bool:
+            with log.open("rb") as f:
+                f.seek(since)
+                return b"Kafka Server started" in f.read() and port_open(self.kafka_port)
+
+        return self._ready(proc, started, timeout, 0.1)
+
     def components(self, profile: str, extra: Mapping[str, str] | None = None) -> Path:
-        """A copy of ``components/<profile>`` for this stack (Redis port filled in)."""
+        """A copy of ``components/<profile>`` for this stack (the backends' ports filled in)."""
         dest = self.workdir / f"components-{profile}"
         dest.mkdir(exist_ok=True)
         for source in sorted((COMPONENTS / profile).glob("*.yaml")):
             text = source.read_text()
             if self.redis_port:
                 text = text.replace("localhost:6379", f"127.0.0.1:{self.redis_port}")
+            if self.postgres_port:
+                text = text.replace("localhost:5432", f"127.0.0.1:{self.postgres_port}")
+            if self.kafka_port:
+                text = text.replace("localhost:9092", f"127.0.0.1:{self.kafka_port}")
             for old, new in self.component_patches.items():
                 text = text.replace(old, new)
             write_resource(dest / source.name, text)
@@ -528,6 +709,94 @@ _DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "TERM", "--"] if shutil.which("set
 
 _CLI_ETCD_PORT = 2379
 
+# A single-node Kafka for one machine. Durability: one copy of everything (there is no other
+# broker), flushed by the operating system, so a killed broker loses nothing and a power cut
+# may lose what was acknowledged in the last seconds.
+_KAFKA_PROPERTIES = """\
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:{controller}
+controller.listener.names=CONTROLLER
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs={data}
+# Topics appear when first used (Dapr creates none), each with 4 partitions.
+auto.create.topics.enable=true
+num.partitions=4
+# One broker: internal topics with one replica, or they cannot be created; the consumer
+# groups' offsets in 4 partitions rather than 50 (made at the first group's join).
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+# A consumer group forms at once instead of waiting 3 s for more members.
+group.initial.rebalance.delay.ms=0
+"""
+# Warnings, the start-up line and the group coordinator's rebalances (the default INFO level
+# writes every configuration value, 1,200 lines at each start).
+_KAFKA_LOG4J = """\
+Configuration:
+  Appenders:
+    Console:
+      name: STDOUT
+      PatternLayout:
+        pattern: "[%d] %p %m (%c)%n"
+  Loggers:
+    Root:
+      level: WARN
+      AppenderRef:
+        - ref: STDOUT
+    Logger:
+      - name: kafka.server.KafkaRaftServer
+        level: INFO
+      - name: org.apache.kafka.coordinator.group
+        level: INFO
+"""
+
+
+def _postgres_user() -> list[str]:
+    """The prefix that runs a PostgreSQL program as ``postgres`` when this process is root
+    (the parent-death signal set again after the change of user, which clears it)."""
+    if os.geteuid() != 0:
+        return []
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError as error:
+        raise RuntimeError(
+            "PostgreSQL refuses to run as root and there is no postgres user to run it as "
+            "(Debian's postgresql package makes one)"
+        ) from error
+    return ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"] + (
+        ["--pdeathsig", "TERM", "--"] if _DIE_WITH_PARENT else ["--"]
+    )
+
+
+def _postgres_database(port: int, name: str) -> bool:
+    """Create database ``name`` unless it exists; False while the server cannot answer."""
+    psql = shutil.which("psql")
+    if psql is None:
+        raise RuntimeError("psql is missing: apt-get install postgresql-client")
+    base = [psql, "-h", "127.0.0.1", "-p", str(port), "-U", "dapr", "-d", "postgres", "-tAc"]
+    found = subprocess.run(
+        [*base, f"SELECT 1 FROM pg_database WHERE datname = '{name}'"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    if found.returncode != 0:
+        return False
+    if found.stdout.strip() == "1":
+        return True
+    made = subprocess.run(
+        [*base, f"CREATE DATABASE {name}"], capture_output=True, timeout=10, check=False
+    )
+    return made.returncode == 0
+
 
 def _logged_ready(proc: Proc) -> bool:
     try:
@@ -554,7 +823,7 @@ def control_plane(
 
 
 def _up(args: argparse.Namespace) -> int:
-    """Run placement and scheduler (and Redis) until Ctrl+C or SIGTERM."""
+    """Run placement and scheduler (and the profile's backends) until Ctrl+C or SIGTERM."""
     stop = {"now": False}
 
     def on_signal(*_: object) -> None:
@@ -563,18 +832,45 @@ def _up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     workdir = Path(args.workdir).resolve()
+    profile = "redis" if args.redis else args.profile
     with control_plane(workdir, args.placement_port, args.scheduler_port) as stack:
-        if args.redis:
+        # The backends keep their data in the work folder between runs, as Redis does.
+        if profile == "redis":
             stack.start_redis(args.redis_port)
+        elif profile == "postgres-kafka":
+            started = time.monotonic()
+            stack.start_postgres(args.postgres_port, data_dir=workdir / "postgres-data")
+            postgres_took = time.monotonic() - started
+            started = time.monotonic()
+            stack.start_kafka(args.kafka_port, data_dir=workdir / "kafka-data")
+            print(
+                f"[devstack] postgres ready in {postgres_took:.1f}s, "
+                f"kafka in {time.monotonic() - started:.1f}s",
+                flush=True,
+            )
+        ports = {
+            "PLACEMENT_PORT": stack.placement_port,
+            "SCHEDULER_PORT": stack.scheduler_port,
+            "REDIS_PORT": stack.redis_port,
+            "POSTGRES_PORT": stack.postgres_port,
+            "KAFKA_PORT": stack.kafka_port,
+        }
         print(
-            f"[devstack] placement on {stack.placement_port}, scheduler on "
-            f"{stack.scheduler_port}"
-            + (f", redis on {stack.redis_port}" if args.redis else "")
+            "[devstack] "
+            + ", ".join(
+                f"{name.removesuffix('_PORT').lower()} on {port}"
+                for name, port in ports.items()
+                if port
+            )
             + f"; data and logs in {workdir}",
             flush=True,
         )
         if args.ready_file:
-            Path(args.ready_file).write_text("ready\n")
+            # KEY=port lines a shell can source (scripts/run.sh fills in the components).
+            write_resource(  # in one rename: a reader never sees it half-written
+                Path(args.ready_file),
+                "".join(f"{name}={port}\n" for name, port in ports.items() if port),
+            )
         while not stop["now"]:
             dead = [p.name for p in stack.procs if not p.alive()]
             if dead:
@@ -590,13 +886,21 @@ def _up(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("up", help="run placement and scheduler until Ctrl+C")
+    up = sub.add_parser("up", help="run placement, scheduler and a profile's backends until Ctrl+C")
     up.add_argument("--placement-port", type=int, default=int(os.environ.get("PLACEMENT_PORT", 0)))
     up.add_argument("--scheduler-port", type=int, default=int(os.environ.get("SCHEDULER_PORT", 0)))
-    up.add_argument("--redis", action="store_true", help="also run redis-server")
+    up.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default="default",
+        help="start the backends of components/<profile> (default: none)",
+    )
+    up.add_argument("--redis", action="store_true", help="the same as --profile redis")
     up.add_argument("--redis-port", type=int, default=int(os.environ.get("REDIS_PORT", 0)))
+    up.add_argument("--postgres-port", type=int, default=int(os.environ.get("POSTGRES_PORT", 0)))
+    up.add_argument("--kafka-port", type=int, default=int(os.environ.get("KAFKA_PORT", 0)))
     up.add_argument("--workdir", default=str(PROJECT / ".data"))
-    up.add_argument("--ready-file", help="touched once everything is healthy")
+    up.add_argument("--ready-file", help="written once everything is healthy: KEY=port lines")
     args = parser.parse_args(argv)
     return _up(args)
 

@@ -1,14 +1,28 @@
 #!/usr/bin/env bash
-# Run the worker with its sidecar: set-up, placement + scheduler, then `dapr run -f .`.
-#   scripts/run.sh            embedded default (SQLite state, in-memory pub/sub)
-#   scripts/run.sh --redis    shared profile (starts redis-server on REDIS_PORT, default 6379)
+# Run the worker with its sidecar: set-up, placement + scheduler (+ the profile's backends),
+# then `dapr run -f .`.
+#   scripts/run.sh                            embedded default (SQLite state, in-memory pub/sub)
+#   scripts/run.sh --redis                    shared profile (starts redis-server on REDIS_PORT,
+#                                             default 6379); the same as --profile redis
+#   scripts/run.sh --profile postgres-kafka   PostgreSQL state, Kafka pub/sub: starts both on
+#                                             loopback, on free ports (POSTGRES_PORT, KAFKA_PORT
+#                                             choose them), data in .data/{postgres,kafka}-data
 # Ports: PLACEMENT_PORT (50005), SCHEDULER_PORT (50006). Ctrl+C stops everything.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 project="$(pwd)"
 
 profile=default
-[ "${1:-}" = "--redis" ] && profile=redis
+case "${1:-}" in
+  "") ;;
+  --redis) profile=redis ;;
+  --profile)
+    profile="${2:-}"
+    [ -d "components/$profile" ] && [ "$profile" != client ] \
+      || { echo "[run] --profile takes one of: default redis postgres-kafka" >&2; exit 2; } ;;
+  --profile=*) exec "$0" --profile "${1#--profile=}" ;;
+  *) echo "usage: scripts/run.sh [--redis | --profile default|redis|postgres-kafka]" >&2; exit 2 ;;
+esac
 export PLACEMENT_PORT="${PLACEMENT_PORT:-50005}" SCHEDULER_PORT="${SCHEDULER_PORT:-50006}"
 export REDIS_PORT="${REDIS_PORT:-6379}"
 
@@ -20,9 +34,7 @@ export PATH="${DAPR_RUNTIME_PATH:-$HOME}/.dapr/bin:$PATH"
 mkdir -p .data
 ready=.data/devstack.ready
 rm -f "$ready"
-stack_args=(up --ready-file "$ready")
-[ "$profile" = redis ] && stack_args+=(--redis)
-.venv/bin/python scripts/devstack.py "${stack_args[@]}" &
+.venv/bin/python scripts/devstack.py up --ready-file "$ready" --profile "$profile" &
 stack_pid=$!
 dapr_pid=""
 cleanup() {
@@ -33,12 +45,15 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-for _ in $(seq 1 600); do
+for _ in $(seq 1 1200); do
   [ -e "$ready" ] && break
-  kill -0 "$stack_pid" 2>/dev/null || { echo "[run] placement/scheduler did not start" >&2; exit 1; }
+  kill -0 "$stack_pid" 2>/dev/null || { echo "[run] placement/scheduler/backends did not start" >&2; exit 1; }
   sleep 0.1
 done
-[ -e "$ready" ] || { echo "[run] placement/scheduler not ready after 60s" >&2; exit 1; }
+[ -e "$ready" ] || { echo "[run] placement/scheduler/backends not ready after 120s" >&2; exit 1; }
+# The ports the stack took (KEY=port lines): the backends' ones go into the components.
+# shellcheck disable=SC1090
+source "$ready"
 
 # The CLI runs in the background so that a signal reaches the trap above at once.
 if [ "$profile" = default ] && [ "$PLACEMENT_PORT" = 50005 ] && [ "$SCHEDULER_PORT" = 50006 ]; then
@@ -50,7 +65,10 @@ else
       -e "s#appDirPath: .\$#appDirPath: $project#" dapr.yaml >.data/dapr.yaml
   mkdir -p ".data/components-$profile"
   for f in components/"$profile"/*.yaml; do
-    sed "s#localhost:6379#localhost:$REDIS_PORT#" "$f" >".data/components-$profile/$(basename "$f")"
+    sed -e "s#localhost:6379#localhost:$REDIS_PORT#" \
+        -e "s#localhost:5432#localhost:${POSTGRES_PORT:-5432}#" \
+        -e "s#localhost:9092#localhost:${KAFKA_PORT:-9092}#" \
+        "$f" >".data/components-$profile/$(basename "$f")"
   done
   dapr run -f .data/dapr.yaml &
 fi

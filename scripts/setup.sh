@@ -7,6 +7,8 @@
 #   - chromium and chromium-driver (Debian packages), the console's browser tests
 #   - Zipkin's server (a jar from Maven Central, through mvn; Java and Maven from Debian when
 #     missing), the trace test's backend
+#   - Kafka's broker (pinned jars from Maven Central, through mvn) and PostgreSQL (Debian
+#     package), the postgres-kafka profile's backends
 #   - podman, buildah, runc and debootstrap (Debian packages), the container tests
 #   - the Dapr runtime and CLI (scripts/install-dapr.sh; skipped when in place)
 #   - kustomize (pinned, from the Go module proxy) and Dapr's CRDs in the Go module cache, for
@@ -74,6 +76,18 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
   fi
 fi
 
+# Java and Maven from Debian's packages when missing; $1 = what needs them, $2 = what for.
+java_and_maven() {
+  if ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      say "installing Java and Maven (Debian packages) for $1"
+      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless maven) >/dev/null
+    else
+      say "WARNING: java/mvn are missing; install them (apt-get install default-jre-headless maven) for $2"
+    fi
+  fi
+}
+
 # Zipkin's server: the trace backend the trace test starts (tests/integration/test_traces.py),
 # an executable jar from Maven Central (pinned and checked in scripts/versions.env), run by
 # Java 17+. Skipped when the right jar is in place.
@@ -82,14 +96,7 @@ source scripts/versions.env
 zipkin_dir="${XDG_CACHE_HOME:-$HOME/.cache}/dapr-workflow-worker/zipkin"
 zipkin_jar="$zipkin_dir/zipkin-server-$ZIPKIN_VERSION-exec.jar"
 if ! { [ -s "$zipkin_jar" ] && echo "$ZIPKIN_SHA256  $zipkin_jar" | sha256sum -c --status; }; then
-  if ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-      say "installing Java and Maven (Debian packages) for Zipkin's server"
-      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless maven) >/dev/null
-    else
-      say "WARNING: java/mvn are missing; install them (apt-get install default-jre-headless maven) for the trace test"
-    fi
-  fi
+  java_and_maven "Zipkin's server" "the trace test"
   if command -v mvn >/dev/null 2>&1; then
     say "installing Zipkin server $ZIPKIN_VERSION (io.zipkin:zipkin-server exec jar, through mvn)"
     mkdir -p "$zipkin_dir"
@@ -102,6 +109,43 @@ if ! { [ -s "$zipkin_jar" ] && echo "$ZIPKIN_SHA256  $zipkin_jar" | sha256sum -c
       echo "[setup] ERROR: $zipkin_jar does not have the SHA-256 in scripts/versions.env" >&2
       exit 1
     fi
+  fi
+fi
+
+# Kafka's broker for the postgres-kafka profile (scripts/run.sh --profile postgres-kafka and
+# its tests): kafka_2.13 and its runtime dependencies, copied by mvn from Maven Central into a
+# cache folder per version (scripts/kafka/pom.xml), the set checked against KAFKA_LIB_SHA256.
+# Skipped when that folder is complete. Run by Java 17+ (above).
+kafka_lib="${XDG_CACHE_HOME:-$HOME/.cache}/dapr-workflow-worker/kafka/$KAFKA_VERSION/lib"
+kafka_digest() { (cd "$1" && sha256sum -- *.jar | sha256sum | cut -d' ' -f1); }
+if ! { [ -e "$kafka_lib/.complete" ] && [ "$(kafka_digest "$kafka_lib")" = "$KAFKA_LIB_SHA256" ]; }; then
+  java_and_maven "Kafka's broker" "the postgres-kafka profile"
+  if command -v mvn >/dev/null 2>&1; then
+    say "installing Kafka $KAFKA_VERSION (org.apache.kafka:kafka_2.13 and its dependencies, through mvn)"
+    rm -rf "$kafka_lib"  # a partial or damaged one: start over
+    mkdir -p "$kafka_lib"
+    mvn -q -B -f scripts/kafka/pom.xml dependency:copy-dependencies -Dkafka.version="$KAFKA_VERSION" \
+      -DincludeScope=runtime -DoutputDirectory="$kafka_lib" >/dev/null \
+      || { echo "[setup] ERROR: mvn could not fetch org.apache.kafka:kafka_2.13:$KAFKA_VERSION from Maven Central" >&2; exit 1; }
+    if [ "$(kafka_digest "$kafka_lib")" != "$KAFKA_LIB_SHA256" ]; then
+      echo "[setup] ERROR: the jars in $kafka_lib do not have the digest in scripts/versions.env (KAFKA_LIB_SHA256)" >&2
+      rm -rf "$kafka_lib"
+      exit 1
+    fi
+    touch "$kafka_lib/.complete"
+  else
+    say "WARNING: mvn is missing; install it (apt-get install maven) for the postgres-kafka profile"
+  fi
+fi
+# PostgreSQL for the same profile: Debian's server (initdb and postgres are run by
+# scripts/devstack.py; the package's own cluster service is not used).
+if [ ! -x /usr/lib/postgresql/15/bin/postgres ] && ! command -v postgres >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing postgresql (Debian package) for the postgres-kafka profile"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) >/dev/null
+    service postgresql stop >/dev/null 2>&1 || true
+  else
+    say "WARNING: PostgreSQL is missing; install it (apt-get install postgresql) for the postgres-kafka profile"
   fi
 fi
 

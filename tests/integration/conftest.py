@@ -228,12 +228,14 @@ class Worker:
         raise AssertionError(f"{instance_id} not in {statuses} after {timeout}s (is {got})")
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devstack.Stack]:
+@contextlib.contextmanager
+def backend_stack(workdir: Path, backend: str = "redis") -> Iterator[devstack.Stack]:
+    """Placement, scheduler and what ``components/<backend>`` connects to, with the test
+    client's grants widened to every topic the tests use; stopped at the end."""
     for binary in ("daprd", "placement", "scheduler"):
         if not devstack.dapr_bin(binary).exists():
             pytest.fail(f"{devstack.dapr_bin(binary)} is missing: run scripts/setup.sh")
-    with devstack.Stack(tmp_path_factory.mktemp("stack")) as running:
+    with devstack.Stack(workdir) as running:
         # The test client (app-id workflow-client) also drives the private workers' topics.
         extra = [
             f"{p}workflow.{t}" for p in TOPIC_PREFIXES for t in ("start", "approval", "control")
@@ -242,14 +244,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devstack.Stack]:
         # It may subscribe only to the topics listed for it: all that the observer reads.
         observed = ",".join([*STATUS_TOPICS, *DEAD_LETTER_TOPICS])
         running.component_patches[_SUBSCRIBE_GRANT] = f"workflow-client={observed}"
-        pubsub = (devstack.COMPONENTS / "redis" / "pubsub.yaml").read_text()
-        assert _GRANT in pubsub and _SUBSCRIBE_GRANT in pubsub, "grants to widen are gone"
-        # Redeliver what a crashed sidecar held after 10 s rather than 30 s.
+        if backend != "default":
+            pubsub = (devstack.COMPONENTS / backend / "pubsub.yaml").read_text()
+            assert _GRANT in pubsub and _SUBSCRIBE_GRANT in pubsub, "grants to widen are gone"
+        # Redis: redeliver what a crashed sidecar held after 10 s rather than 30 s.
         running.component_patches['value: "30s"'] = 'value: "10s"'
         try:
             running.start_placement()
             running.start_scheduler()
-            running.start_redis()
+            running.start_backend(backend)
         except Exception:
             print(running.failed_logs())
             raise
@@ -257,7 +260,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devstack.Stack]:
 
 
 @pytest.fixture(scope="session")
-def observer(stack: devstack.Stack) -> Iterator[Observer]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devstack.Stack]:
+    with backend_stack(tmp_path_factory.mktemp("stack"), "redis") as running:
+        yield running
+
+
+@contextlib.contextmanager
+def observing(stack: devstack.Stack, backend: str = "redis") -> Iterator[Observer]:
+    """The status observer (app-id workflow-client, its own sidecar on ``backend``'s
+    pub/sub); what it received is checked against the status contract at the end."""
     collected = Observer()
     app = App()
     app.register_health_check(lambda: None)
@@ -272,22 +283,31 @@ def observer(stack: devstack.Stack) -> Iterator[Observer]:
     thread = threading.Thread(target=app.run, args=(app_port,), daemon=True)
     thread.start()
     devstack.wait_until(lambda: devstack.port_open(app_port), 10, "observer app")
+    components = stack.components(backend)
+    # Redis Streams deliver as many at once as `concurrency` says: one, as an ordered
+    # consumer reads. (Kafka delivers each partition's messages one after another anyway.)
+    resources = devstack.one_at_a_time(components) if backend == "redis" else components
     sidecar = stack.start_sidecar(
-        "workflow-client",
-        devstack.one_at_a_time(stack.components("redis")),
-        app_port=app_port,
-        wait_for_app=True,
+        "workflow-client", resources, app_port=app_port, wait_for_app=True
     )
     collected.http_port = sidecar.http_port
-    yield collected
-    sidecar.proc.stop()
-    app.stop()
+    try:
+        yield collected
+    finally:
+        sidecar.proc.stop()
+        app.stop()
     # Events that came after the last test ended are checked too.
     errors, violations = collected.new_contract_problems()
     assert not errors, "status events that break the schema or the contract:\n" + "\n".join(
         errors[:20]
     )
     assert not violations, f"events out of order by occurred_at: {violations}"
+
+
+@pytest.fixture(scope="session")
+def observer(stack: devstack.Stack) -> Iterator[Observer]:
+    with observing(stack, "redis") as collected:
+        yield collected
 
 
 def start_worker(
