@@ -18,7 +18,6 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
-    TypeAdapter,
     WithJsonSchema,
     model_validator,
 )
@@ -81,8 +80,26 @@ class TerminalStatus(StrEnum):
     TERMINATED = "TERMINATED"
 
 
+TERMINAL_STATUSES = frozenset(s.value for s in TerminalStatus)
+ACTIVE_STATUSES = frozenset({"RUNNING", "PENDING", "SUSPENDED", "STALLED"})
+"""Runtime statuses of an instance that has not finished."""
+
+
+class BulkOnly:
+    """Marks a field of an action's bulk form (no ``instance_id``): not in its one-instance
+    form (the console's API body for one instance leaves it out)."""
+
+
+BULK_ONLY = BulkOnly()
+
+
 class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ActionMessage(_Message):
+    """A `workflow.control` message: one action, named by its field ``action``. The actions
+    and the union the line validates with are declared in `worker.actions`."""
 
 
 class StartWorkflow(_Message):
@@ -146,7 +163,7 @@ class RaiseEvent(_Message):
     )
 
 
-class Suspend(_Message):
+class Suspend(ActionMessage):
     """Suspend a running instance."""
 
     model_config = ConfigDict(title="Suspend")
@@ -155,7 +172,7 @@ class Suspend(_Message):
     reason: Reason | None = None
 
 
-class Resume(_Message):
+class Resume(ActionMessage):
     """Resume a suspended instance."""
 
     model_config = ConfigDict(title="Resume")
@@ -164,7 +181,7 @@ class Resume(_Message):
     reason: Reason | None = None
 
 
-class Terminate(_Message):
+class Terminate(ActionMessage):
     """Terminate an instance that has not finished."""
 
     model_config = ConfigDict(title="Terminate")
@@ -175,7 +192,7 @@ class Terminate(_Message):
     recursive: bool = Field(default=True, description="Also terminate child workflows.")
 
 
-class Purge(_Message):
+class Purge(ActionMessage):
     """Purge one finished instance, or in bulk: every finished instance matching the filters."""
 
     model_config = ConfigDict(
@@ -192,10 +209,10 @@ class Purge(_Message):
     instance_id: InstanceId | None = Field(
         default=None, description="One instance; leave out for a bulk purge."
     )
-    older_than: Duration | None = Field(
+    older_than: Annotated[Duration | None, BULK_ONLY] = Field(
         default=None, description="Bulk: only instances created longer ago than this."
     )
-    statuses: list[TerminalStatus] | None = Field(
+    statuses: Annotated[list[TerminalStatus] | None, BULK_ONLY] = Field(
         default=None, min_length=1, description="Bulk: only instances in these statuses."
     )
     recursive: bool = Field(default=True, description="Also purge child workflows.")
@@ -213,7 +230,7 @@ class Purge(_Message):
         return self.instance_id is None
 
 
-class Query(_Message):
+class Query(ActionMessage):
     """Publish the instance's current state on the status topic (event `state`)."""
 
     model_config = ConfigDict(title="Query")
@@ -221,19 +238,10 @@ class Query(_Message):
     instance_id: InstanceId
 
 
-class History(_Message):
+class History(ActionMessage):
     """Publish the instance's history as a timeline on the status topic (event `history`): the
     run, each activity, child workflow and timer with its times and result, events raised."""
 
     model_config = ConfigDict(title="History")
     action: Literal["history"]
     instance_id: InstanceId
-
-
-ControlAction = Annotated[
-    Suspend | Resume | Terminate | Purge | Query | History,
-    Field(discriminator="action"),
-]
-"""`workflow.control`: one of the actions, chosen by the field `action`."""
-
-control_adapter: TypeAdapter[ControlAction] = TypeAdapter(ControlAction)

@@ -15,9 +15,10 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter
 
 from worker import __version__
+from worker.actions import control_adapter
 from worker.config import Settings
 from worker.events import EVENT_TYPE_PREFIX, EventType, StatusEvent
-from worker.messages import RaiseEvent, StartWorkflow, control_adapter
+from worker.messages import RaiseEvent, StartWorkflow
 
 _MESSAGES: dict[str, tuple[str, type[BaseModel] | TypeAdapter[Any], str]] = {
     # file stem: (topic setting, model, summary)

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from tests.unit.fakes import inbound
+from worker.actions import control_adapter
 from worker.handlers.inbound import Inbound, parse
-from worker.messages import Purge, RaiseEvent, StartWorkflow, Suspend, control_adapter
+from worker.messages import Purge, RaiseEvent, StartWorkflow, Suspend
 from worker.outcomes import RejectCode, Rejected
 
 _BODY = {"workflow": "approval_workflow", "instance_id": "order-1"}

@@ -17,6 +17,7 @@ from tests.unit.fakes import FakePublishClient, FakeRpcError, FakeStateClient
 from tests.unit.test_pipeline import cloud_event
 from worker import intake as intake_module
 from worker import outcomes
+from worker.actions import control_adapter
 from worker.config import Settings
 from worker.events import EventType
 from worker.handlers.inbound import Inbound, parse
@@ -24,7 +25,6 @@ from worker.handlers.pipeline import Pipeline
 from worker.handlers.report import report
 from worker.idempotency import Claim, IdempotencyStore, message_key
 from worker.intake import Intake
-from worker.messages import control_adapter
 from worker.outcomes import RejectCode, Rejected, Transient
 from worker.publisher import Outbound, StatusPublisher
 

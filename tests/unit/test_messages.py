@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from worker.actions import control_adapter
 from worker.messages import (
     Purge,
     Query,
@@ -17,7 +18,6 @@ from worker.messages import (
     Suspend,
     TerminalStatus,
     Terminate,
-    control_adapter,
 )
 
 # --- StartWorkflow -------------------------------------------------------------------------

@@ -14,10 +14,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from worker.actions import BY_NAME, control_adapter
 from worker.cli.exitcodes import CliError, Exit
 from worker.cli.outcome import Wait
 from worker.events import EventType
-from worker.messages import Duration, RaiseEvent, StartWorkflow, control_adapter
+from worker.messages import Duration, RaiseEvent, StartWorkflow
 
 Topic = Literal["start", "approval", "control"]
 Until = Literal["accepted", "started", "finished", "done"]
@@ -186,25 +187,16 @@ def raise_event(
     return Request("approval", body, instance_id, frozenset({EventType.EVENT_RAISED}), done)
 
 
-_ACTION_EVENTS: dict[str, EventType] = {
-    "suspend": EventType.SUSPENDED,
-    "resume": EventType.RESUMED,
-    "terminate": EventType.TERMINATED,
-    "purge": EventType.PURGED,
-    "query": EventType.STATE,
-    "history": EventType.HISTORY,
-}
-
-
 def control(action: str, instance_id: str | None, until: Until = "done", **fields: Any) -> Request:
     body: dict[str, Any] = {"action": action}
     if instance_id is not None:
         body["instance_id"] = instance_id
     body.update({k: v for k, v in fields.items() if v is not None})
     _validated(control_adapter, body)
-    event = _ACTION_EVENTS[action]
-    if action == "purge" and instance_id is None:
+    declared = BY_NAME[action]
+    event = declared.event
+    if instance_id is None:  # the action's bulk message (validated: purge)
         return Request("control", body, None, frozenset(), frozenset({event}), bulk=True)
-    allowed: tuple[Until, ...] = ("done", "finished") if action == "resume" else ("done",)
+    allowed: tuple[Until, ...] = ("done", "finished") if declared.follows else ("done",)
     done = _until(until, event, allowed)
     return Request("control", body, instance_id, frozenset({event}), done)

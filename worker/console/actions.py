@@ -28,6 +28,7 @@ from typing import Any
 
 from dapr.clients.grpc._response import TopicEventResponseStatus
 
+from worker.actions import BULK_ACTIONS, BY_NAME
 from worker.config import Settings
 from worker.events import EventType, RejectCode, now
 from worker.handlers.inbound import Inbound
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 audit = logging.getLogger("worker.audit")
 
 _KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
-BULK_ACTIONS = ("suspend", "resume", "terminate", "purge")
 
 
 def valid_key(key: str) -> bool:
@@ -380,7 +380,7 @@ class Jobs:
     def _run(self, job: Job) -> None:
         def one(instance_id: str) -> JobResult:
             body: dict[str, Any] = {}
-            if job.reason and job.action != "purge":
+            if job.reason and BY_NAME[job.action].takes_reason:
                 body["reason"] = job.reason
             try:
                 outcome = self._actions.control(
@@ -419,13 +419,7 @@ class Jobs:
 
 def eligible(action: str, status: str) -> bool:
     """Whether an instance in ``status`` can take a bulk ``action`` (the handler checks again)."""
-    if action == "suspend":
-        return status in ("RUNNING", "PENDING")
-    if action == "resume":
-        return status == "SUSPENDED"
-    if action == "terminate":
-        return status in ("RUNNING", "PENDING", "SUSPENDED", "STALLED")
-    return status in ("COMPLETED", "FAILED", "TERMINATED")
+    return BY_NAME[action].allows(status)
 
 
 def older(created_at: datetime | None, than: timedelta | None) -> bool:

@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field, JsonValue
+from pydantic import BaseModel, Field, JsonValue, create_model
 from starlette.concurrency import run_in_threadpool
 
+from worker.actions import ACTIONS, BULK_ACTIONS, Action
 from worker.console.actions import REJECTION_STATUS, Outcome
 from worker.console.auth import Principal
 from worker.console.query import MAX_PER_PAGE, BadQuery, ListQuery
@@ -144,22 +145,16 @@ class RaiseBody(BaseModel):
     data: JsonValue = None
 
 
-class ReasonBody(BaseModel):
-    reason: str | None = Field(default=None, max_length=2_000)
-
-
-class TerminateBody(BaseModel):
-    reason: str | None = Field(default=None, max_length=2_000)
-    output: JsonValue = None
-    recursive: bool = True
-
-
-class PurgeBody(BaseModel):
-    recursive: bool = True
-
-
-class _Empty(BaseModel):
-    """No fields."""
+def action_body(action: Action[Any]) -> type[BaseModel]:
+    """The body of ``POST /api/instances/{id}/<action>``: its message, less ``action`` and the
+    instance (in the path), in its one-instance form."""
+    fields = action.model.model_fields
+    body: type[BaseModel] = create_model(  # type: ignore[call-overload]
+        f"{action.model.__name__}Body",
+        __doc__=f"`workflow.control` {action.name}, less the instance.",
+        **{name: (fields[name].annotation, fields[name]) for name in action.fields},
+    )
+    return body
 
 
 class BulkPurgeBody(BaseModel):
@@ -183,7 +178,7 @@ class BulkFilter(BaseModel):
 class BulkBody(BaseModel):
     """Act on every instance that matches the filter now and whose status allows it."""
 
-    action: Literal["suspend", "resume", "terminate", "purge"]
+    action: Literal[BULK_ACTIONS]  # type: ignore[valid-type]
     filter: BulkFilter = Field(default_factory=BulkFilter)
     reason: str | None = Field(default=None, max_length=2_000)
     older_than: str | None = Field(
@@ -449,6 +444,8 @@ def add_routes(
         return answer(outcome)
 
     def control_route(action: str, model: type[BaseModel], doc: str) -> None:
+        """``POST /api/instances/{instance_id}/<action>``: the action as a control message."""
+
         async def control(
             request: Request, instance_id: str, idempotency_key: str | None = IdempotencyKey
         ) -> Response:
@@ -471,14 +468,9 @@ def add_routes(
             name=f"{action}_instance",
         )(control)
 
-    control_route("suspend", ReasonBody, "Suspend a running instance (`suspended`).")
-    control_route("resume", ReasonBody, "Resume a suspended instance (`resumed`).")
-    control_route(
-        "terminate", TerminateBody, "Terminate an instance that has not finished (`terminated`)."
-    )
-    control_route("purge", PurgeBody, "Purge a finished instance (`purged`).")
-    control_route("query", _Empty, "Publish its state (`state`).")
-    control_route("history", _Empty, "Publish its history as a timeline (`history`).")
+    for declared in ACTIONS:
+        doc = f"{declared.help.removesuffix('.')} (`{declared.event.value}`)."
+        control_route(declared.name, action_body(declared), doc)
 
     @app.post(
         "/api/purge",

@@ -25,10 +25,10 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
 
+from worker.actions import BULK_ACTIONS, BY_NAME
 from worker.config import Settings
 from worker.console import api
 from worker.console.actions import (
-    BULK_ACTIONS,
     Actions,
     Job,
     Jobs,
@@ -365,12 +365,13 @@ def build_app(ctx: Context) -> FastAPI:
     @app.post("/ui/instances/{instance_id}/{action}", include_in_schema=False)
     async def ui_control(request: Request, instance_id: str, action: str) -> Response:
         who = await actor(request)
-        if action not in ("suspend", "resume", "terminate", "purge", "history", "query"):
+        declared = BY_NAME.get(action)
+        if declared is None:
             raise HTTPException(404, f"no action {action!r}")
         form = await request.form()
         body: dict[str, Any] = {}
         reason = str(form.get("reason") or "").strip()
-        if reason and action in ("suspend", "resume", "terminate"):
+        if reason and declared.takes_reason:
             body["reason"] = reason
         outcome = await run_in_threadpool(
             ctx.actions.control,
@@ -380,11 +381,9 @@ def build_app(ctx: Context) -> FastAPI:
             json.dumps(body).encode(),
             _form_key(form),
         )
-        done = {
-            "history": "history published on the status topic",
-            "query": "state published on the status topic",
-        }.get(action, f"{action} {instance_id}: done")
-        return flash(outcome, done)
+        if declared.read is not None:
+            return flash(outcome, f"{declared.event.value} published on the status topic")
+        return flash(outcome, f"{action} {instance_id}: done")
 
     @app.post("/ui/bulk", include_in_schema=False)
     async def ui_bulk_prepare(request: Request) -> Response:
@@ -455,17 +454,22 @@ def prepare_job(
     if action not in BULK_ACTIONS:
         raise BadQuery(f"action must be one of {', '.join(BULK_ACTIONS)}")
     cutoff = duration(purge_older_than, "older_than") if purge_older_than else None
-    if action != "purge" and cutoff is not None:
-        raise BadQuery("older_than is for purge only")
+    by_age = "older_than" in BY_NAME[action].model.model_fields  # its message filters by age
+    if not by_age and cutoff is not None:
+        raise BadQuery(f"older_than is for {_by_age()} only")
     chosen = [
         e.instance_id
         for e in sorted(ctx.index.select(query.filter()), key=lambda e: e.instance_id)
-        if eligible(action, e.status) and (action != "purge" or older(e.created_at, cutoff))
+        if eligible(action, e.status) and (not by_age or older(e.created_at, cutoff))
     ]
     described = _describe(query, action, purge_older_than)
     return ctx.jobs.prepare(
         who.user.name, action, chosen, reason=reason, key=key, description=described
     )
+
+
+def _by_age() -> str:
+    return "/".join(a for a in BULK_ACTIONS if "older_than" in BY_NAME[a].model.model_fields)
 
 
 def _describe(query: ListQuery, action: str, purge_older_than: str | None) -> str:

@@ -1,71 +1,30 @@
-"""`workflow.control`: suspend, resume, terminate, purge (one or in bulk), query, history."""
+"""`workflow.control`: the actions declared in `worker.actions`, and purge's bulk form."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from worker.actions import BY_NAME, PURGED, Action, control_adapter
 from worker.events import EventType, now
 from worker.expectations import Expectations
-from worker.gateway import ACTIVE_STATUSES, TERMINAL_STATUSES, InstanceState, WorkflowGateway
+from worker.gateway import InstanceState, WorkflowGateway
 from worker.handlers.inbound import Inbound, parse
 from worker.handlers.report import report
 from worker.idempotency import Begin, Claim
-from worker.messages import (
-    ControlAction,
-    History,
-    Purge,
-    Query,
-    Resume,
-    Suspend,
-    Terminate,
-    control_adapter,
-)
+from worker.messages import ActionMessage, Purge
 from worker.outcomes import Missing, RejectCode, Rejected
 from worker.publisher import Outbound
 from worker.purges import Purges
-from worker.timeline import build_timeline, run_input
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Transition:
-    """A status change that one control action asks for."""
-
-    verb: str
-    event: EventType
-    allowed_from: frozenset[str]
-    target: str
-    why_not: str
-
-
-SUSPEND = Transition(
-    "suspend",
-    EventType.SUSPENDED,
-    frozenset({"RUNNING", "PENDING"}),
-    "SUSPENDED",
-    "only a running instance can be suspended",
-)
-RESUME = Transition(
-    "resume",
-    EventType.RESUMED,
-    frozenset({"SUSPENDED"}),
-    "RUNNING",
-    "only a suspended instance can be resumed",
-)
-TERMINATE = Transition(
-    "terminate", EventType.TERMINATED, ACTIVE_STATUSES, "TERMINATED", "it has already finished"
-)
-PURGE = Transition(
-    "purge", EventType.PURGED, TERMINAL_STATUSES, "PURGED", "only a finished instance can be purged"
-)
-
-
 class ControlHandler:
+    """Every action of `worker.actions`: a change (checked against the statuses it is allowed
+    from, noted for the watch, made through the gateway) or a read, each reported."""
+
     def __init__(
         self,
         gateway: WorkflowGateway,
@@ -79,77 +38,16 @@ class ControlHandler:
         self._purges = purges
 
     def handle(self, message: Inbound, claim: Claim) -> list[Outbound]:
-        request: ControlAction = parse(message, control_adapter)
-        g = self._gateway
-        match request:
-            case Suspend():
-                return self._change(
-                    message,
-                    claim,
-                    request.instance_id,
-                    SUSPEND,
-                    lambda: g.suspend(request.instance_id, request.reason),
-                    reason=request.reason,
-                )
-            case Resume():
-                return self._change(
-                    message,
-                    claim,
-                    request.instance_id,
-                    RESUME,
-                    lambda: g.resume(request.instance_id, request.reason),
-                    reason=request.reason,
-                )
-            case Terminate():
-                return self._change(
-                    message,
-                    claim,
-                    request.instance_id,
-                    TERMINATE,
-                    lambda: g.terminate(request.instance_id, request.output, request.recursive),
-                    reason=request.reason,
-                    output=request.output,
-                )
-            case Purge() if request.instance_id is not None:
-                instance_id = request.instance_id
-                return self._change(
-                    message,
-                    claim,
-                    instance_id,
-                    PURGE,
-                    lambda: g.purge(instance_id, request.recursive),
-                )
-            case Purge():
-                return self._bulk_purge(message, request)
-            case Query():
-                state = self._existing(request.instance_id, payloads=True)
-                return [
-                    report(
-                        message,
-                        EventType.STATE,
-                        request.instance_id,
-                        state=state,
-                        input=state.input,
-                        output=state.output,
-                        custom_status=state.custom_status,
-                    )
-                ]
-            case History():
-                state = self._existing(request.instance_id)
-                history = g.history(request.instance_id)  # Missing when purged meanwhile
-                return [
-                    report(
-                        message,
-                        EventType.HISTORY,
-                        request.instance_id,
-                        state=state,
-                        input=run_input(history),
-                        timeline=build_timeline(history),
-                    )
-                ]
-        raise Rejected(  # pragma: no cover
-            f"unsupported control message {request!r}", code=RejectCode.INVALID_MESSAGE
-        )
+        request: ActionMessage = parse(message, control_adapter)
+        if isinstance(request, Purge) and request.is_bulk:
+            return self._bulk_purge(message, request)
+        action = BY_NAME[request.action]  # type: ignore[attr-defined]
+        instance_id: str = request.instance_id  # type: ignore[attr-defined]
+        if action.read is None:
+            return self._change(message, claim, instance_id, action, request)
+        state = self._existing(instance_id, payloads=action.payloads)
+        fields = action.read(self._gateway, request, state)
+        return [report(message, action.event, instance_id, state=state, **fields)]
 
     def _existing(self, instance_id: str, *, payloads: bool = False) -> InstanceState:
         state = self._gateway.get_state(instance_id, payloads=payloads)
@@ -162,24 +60,26 @@ class ControlHandler:
         message: Inbound,
         claim: Claim,
         instance_id: str,
-        change: Transition,
-        call: Callable[[], None],
-        **fields: Any,
+        action: Action[Any],
+        request: ActionMessage,
     ) -> list[Outbound]:
-        """Check the instance may make ``change``, make it, and report it."""
+        """Check the instance may take ``action``, make the change, and report it."""
+        change, call = action.change, action.call
+        assert change is not None and call is not None
+        fields = action.echoed(request)
         taken_over = claim.outcome is Begin.TAKEN_OVER
         state = self._gateway.get_state(instance_id, payloads=False)
         if state is None:
-            if taken_over and change is PURGE:  # an earlier delivery purged it, then died
+            if taken_over and change.removes:  # an earlier delivery purged it, then died
                 self._purged(instance_id, now())
-                return [report(message, change.event, instance_id, status=change.target)]
+                return [report(message, action.event, instance_id, status=change.target)]
             raise Missing(instance_id)  # perhaps not started yet: parked a while
         if state.status not in change.allowed_from:
             if taken_over and state.status == change.target:  # done before a crash
                 return [
                     report(
                         message,
-                        change.event,
+                        action.event,
                         instance_id,
                         state=state,
                         status=change.target,
@@ -187,7 +87,7 @@ class ControlHandler:
                     )
                 ]
             raise Rejected(
-                f"cannot {change.verb} {instance_id}: "
+                f"cannot {action.name} {instance_id}: "
                 f"instance is {state.status} ({change.why_not})",
                 code=RejectCode.STATE_FORBIDS,
                 status=state.status,
@@ -198,17 +98,17 @@ class ControlHandler:
         if self._notes is not None:
             self._notes.expect_status(instance_id, change.target)
         try:
-            call()
+            call(self._gateway, request)
         except Exception:
             if self._notes is not None:
                 self._notes.withdraw_status(instance_id, change.target)
             raise
-        if change is PURGE:
+        if change.removes:
             self._purged(instance_id, at)
         return [
             report(
                 message,
-                change.event,
+                action.event,
                 instance_id,
                 state=state,
                 status=change.target,
@@ -238,12 +138,12 @@ class ControlHandler:
                 continue
             at = now()
             if self._notes is not None:
-                self._notes.expect_status(instance_id, PURGE.target)
+                self._notes.expect_status(instance_id, PURGED)
             try:
                 self._gateway.purge(instance_id, request.recursive)
             except Rejected as error:  # gone meanwhile: someone else purged it
                 if self._notes is not None:
-                    self._notes.withdraw_status(instance_id, PURGE.target)
+                    self._notes.withdraw_status(instance_id, PURGED)
                 log.info("bulk purge skipped %s: %s", instance_id, error)
                 continue
             self._purged(instance_id, at)
@@ -253,7 +153,7 @@ class ControlHandler:
                     EventType.PURGED,
                     instance_id,
                     state=state,
-                    status="PURGED",
+                    status=PURGED,
                     previous_status=state.status,
                     at=at,
                 )

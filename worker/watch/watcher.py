@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from worker.actions import observed
 from worker.events import (
     EventType,
     StatusEvent,
@@ -494,16 +495,12 @@ class Watcher:
         if status == was:
             return []
         seen.status = status
-        if status in ("COMPLETED", "FAILED"):
-            return []  # the workflow reports its own end (worker.hosting)
-        if status == "SUSPENDED":
-            kind = EventType.SUSPENDED
-        elif status == "RUNNING" and was == "SUSPENDED":
-            kind = EventType.RESUMED
-        elif status == "TERMINATED":
-            kind = EventType.TERMINATED
-        else:
+        # Only an action's change is told here: the workflow reports its own end
+        # (worker.hosting), a start is told by `_new_run`.
+        action = observed(was, status)
+        if action is None:
             return []
+        kind = action.event
         when = real_time(state.last_updated_at) or now()
         change = f"{status}@{iso(when)}"
         if self._notes.consume_status(instance_id, status, change):
