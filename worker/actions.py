@@ -170,6 +170,12 @@ ACTIONS: tuple[Action[Any], ...] = (
         change=Transition(TERMINAL_STATUSES, PURGED, "only a finished instance can be purged"),
         call=lambda g, r: g.purge(r.instance_id, r.recursive),
         bulk=True,
+        examples=(
+            "wfctl purge order-7 --wait",
+            "wfctl purge --older-than 720h --wait            # bulk: finished > 30 days ago",
+            "wfctl purge --status FAILED --status TERMINATED --wait",
+            "wfctl purge --all --wait                        # bulk: every finished instance",
+        ),
     ),
     Action(
         Query,

@@ -15,11 +15,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn, TextIO, TypeVar
+from typing import Any, NoReturn, TextIO, TypeVar, get_args
 
 import click
+from pydantic import JsonValue
 
 from worker import __version__
+from worker.actions import ACTIONS, BY_NAME, Action
 from worker.cli import requests as rq
 from worker.cli.exitcodes import CliError, Exit, table
 from worker.cli.ordering import InOrder
@@ -521,96 +523,84 @@ def raise_(
     return send(options, request, wait=wait, timeout=timeout, message_id=message_id)
 
 
-@cli.command(
-    short_help="Suspend a running instance.",
-    epilog=_examples("wfctl suspend counter-1 --reason maintenance --wait"),
-)
-@click.argument("instance_id")
-@click.option("--reason", default=None, help="Why; echoed in the status event.")
-@wait_options()
-@sidecar_options
-def suspend(
-    options: Options,
-    instance_id: str,
-    reason: str | None,
-    wait: bool,
-    timeout: str,
-    message_id: str | None,
-) -> int:
-    """Suspend a running instance (topic workflow.control)."""
-    request = rq.control("suspend", instance_id, reason=reason)
-    return send(options, request, wait=wait, timeout=timeout, message_id=message_id)
+def action_command(declared: Action[Any]) -> click.Command:
+    """The command of a control action, from its row in `worker.actions`: INSTANCE_ID, an
+    option per field of its message (a flag pair for a bool, JSON for a JSON value), and the
+    wait options (a read waits by default; --until finished where the action allows it)."""
+    fields = declared.model.model_fields
+    as_json = {name for name in declared.fields if fields[name].annotation is JsonValue}
+    reads = declared.read is not None
+
+    def command(
+        options: Options,
+        instance_id: str,
+        wait: bool,
+        timeout: str,
+        message_id: str | None,
+        until: rq.Until = "done",
+        **given: Any,
+    ) -> int:
+        values = {
+            name: rq.json_value(value, f"--{name}")
+            if name in as_json and value is not None
+            else value
+            for name, value in given.items()
+        }
+        request = rq.control(declared.name, instance_id, until=until, **values)
+        return send(options, request, wait=wait, timeout=timeout, message_id=message_id)
+
+    what = declared.help.removesuffix(".")
+    event = declared.event.value
+    command.__doc__ = (
+        f"{what}: prints the worker's `{event}` event as JSON (topic workflow.control). "
+        "Waits by default."
+        if reads
+        else f"{what} (topic workflow.control).\n\nWith --wait: exit 0 once it is {event} "
+        "(the action done), 5 if rejected."
+    )
+    built: Callable[..., int] = sidecar_options(command)
+    untils = ("done", "finished") if declared.follows else ()
+    built = wait_options(wait_default=reads, untils=untils)(built)
+    for name in reversed(declared.fields):
+        info = fields[name]
+        flag = name.replace("_", "-")
+        if info.annotation is bool:
+            built = click.option(
+                f"--{flag}/--no-{flag}",
+                default=info.default,
+                show_default=True,
+                help=info.description,
+            )(built)
+        else:
+            described = _field_help(info.annotation, info.description)
+            if name in as_json:
+                described = described.removesuffix(".") + ": JSON."
+            built = click.option(f"--{flag}", name, default=None, help=described)(built)
+    built = click.argument("instance_id")(built)
+    return cli.command(
+        declared.name, short_help=declared.help, epilog=_examples(*declared.examples)
+    )(built)
 
 
-@cli.command(
-    short_help="Resume a suspended instance.",
-    epilog=_examples(
-        "wfctl resume counter-1 --wait", "wfctl resume order-7 --wait --until finished"
-    ),
-)
-@click.argument("instance_id")
-@click.option("--reason", default=None, help="Why; echoed in the status event.")
-@wait_options(untils=("done", "finished"))
-@sidecar_options
-def resume(
-    options: Options,
-    instance_id: str,
-    reason: str | None,
-    wait: bool,
-    until: rq.Until,
-    timeout: str,
-    message_id: str | None,
-) -> int:
-    """Resume a suspended instance (topic workflow.control)."""
-    request = rq.control("resume", instance_id, until=until, reason=reason)
-    return send(options, request, wait=wait, timeout=timeout, message_id=message_id)
+def _field_help(annotation: Any, description: str | None) -> str:
+    """A field's description, also where it sits inside ``Annotated[...] | None``."""
+    if description:
+        return description
+    for arg in get_args(annotation):
+        for meta in getattr(arg, "__metadata__", ()):
+            if getattr(meta, "description", None):
+                return str(meta.description)
+    return ""
 
 
-@cli.command(
-    short_help="Terminate an instance.",
-    epilog=_examples(
-        "wfctl terminate counter-1 --reason done --wait",
-        'wfctl terminate build-9 --output \'{"cancelled_by": "ci"}\' --no-recursive',
-    ),
-)
-@click.argument("instance_id")
-@click.option("--reason", default=None, help="Why; echoed in the status event.")
-@click.option("--output", default=None, help="Output recorded on the instance: JSON.")
-@click.option(
-    "--recursive/--no-recursive",
-    default=True,
-    show_default=True,
-    help="Also terminate child workflows.",
-)
-@wait_options()
-@sidecar_options
-def terminate(
-    options: Options,
-    instance_id: str,
-    reason: str | None,
-    output: str | None,
-    recursive: bool,
-    wait: bool,
-    timeout: str,
-    message_id: str | None,
-) -> int:
-    """Terminate an instance that has not finished (topic workflow.control).
-
-    With --wait: exit 0 once it is terminated (the action done), 5 if rejected.
-    """
-    value = rq.json_value(output, "--output") if output is not None else None
-    request = rq.control("terminate", instance_id, reason=reason, output=value, recursive=recursive)
-    return send(options, request, wait=wait, timeout=timeout, message_id=message_id)
+for _declared in ACTIONS:
+    if not _declared.has_bulk_message:  # purge, with its bulk form, is written out below
+        action_command(_declared)
 
 
 @cli.command(
     short_help="Purge a finished instance, or finished ones in bulk.",
-    epilog=_examples(
-        "wfctl purge order-7 --wait",
-        "wfctl purge --older-than 720h --wait            # bulk: finished > 30 days ago",
-        "wfctl purge --status FAILED --status TERMINATED --wait",
-        "wfctl purge --all --wait                        # bulk: every finished instance",
-    ),
+    epilog=_examples(*BY_NAME["purge"].examples),
 )
 @click.argument("instance_id", required=False)
 @click.option(
@@ -667,41 +657,6 @@ def purge(
         statuses=[s.upper() for s in statuses] or None,
         recursive=recursive,
     )
-    return send(options, request, wait=wait, timeout=timeout, message_id=message_id)
-
-
-@cli.command(
-    short_help="Print an instance's current state.",
-    epilog=_examples("wfctl query order-7", "wfctl query order-7 | jq -r .status"),
-)
-@click.argument("instance_id")
-@wait_options(wait_default=True)
-@sidecar_options
-def query(
-    options: Options, instance_id: str, wait: bool, timeout: str, message_id: str | None
-) -> int:
-    """Print the instance's current state (the worker's `state` event) as JSON
-    (topic workflow.control). Waits by default."""
-    request = rq.control("query", instance_id)
-    return send(options, request, wait=wait, timeout=timeout, message_id=message_id)
-
-
-@cli.command(
-    short_help="Print an instance's history (a timeline).",
-    epilog=_examples(
-        "wfctl history order-7",
-        "wfctl history order-7 | jq '.timeline[] | [.kind, .name, .outcome, .duration_ms]'",
-    ),
-)
-@click.argument("instance_id")
-@wait_options(wait_default=True)
-@sidecar_options
-def history(
-    options: Options, instance_id: str, wait: bool, timeout: str, message_id: str | None
-) -> int:
-    """Print the instance's history (the worker's `history` event: a timeline of its steps,
-    oldest first) as JSON (topic workflow.control). Waits by default."""
-    request = rq.control("history", instance_id)
     return send(options, request, wait=wait, timeout=timeout, message_id=message_id)
 
 
