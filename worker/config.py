@@ -13,6 +13,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, mode
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.events import EventType
+from worker.topics import APPROVAL, CONTROL, START, STATUS, TOPICS
 
 
 class ConsoleUser(BaseModel):
@@ -56,10 +57,11 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("worker_app_id", "app_id"),
     )
     pubsub_name: str = Field(default="pubsub", description="Pub/sub component for all topics.")
-    start_topic: str = "workflow.start"
-    approval_topic: str = "workflow.approval"
-    control_topic: str = "workflow.control"
-    status_topic: str = "workflow.status"
+    # One field per topic of `worker.topics` (a unit test keeps them in step).
+    start_topic: str = START.default
+    approval_topic: str = APPROVAL.default
+    control_topic: str = CONTROL.default
+    status_topic: str = STATUS.default
     dead_letter_topic: str | None = Field(
         default=None, description="Rejected messages are moved here when set."
     )
@@ -268,7 +270,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _distinct_topics(self) -> Settings:
-        topics = [self.start_topic, self.approval_topic, self.control_topic, self.status_topic]
+        topics = [topic.address(self) for topic in TOPICS]
         if len(set(topics)) != len(topics):
             raise ValueError(f"topics must be distinct, got {topics}")
         return self

@@ -7,6 +7,8 @@ The CloudEvent around it: ``type`` = ``EVENT_TYPE_PREFIX + event``, ``subject`` 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated
@@ -62,6 +64,40 @@ class EventType(StrEnum):
     HISTORY = "history"
     STALLED = "stalled"
     UNSTALLED = "unstalled"
+
+
+@dataclass(frozen=True)
+class Meaning:
+    """What an event type tells a reader about its instance."""
+
+    starts: bool = False  # the instance runs, or will: the answer to a start
+    ends: bool = False  # the instance's end
+    sets_status: bool = False  # its `status` is the instance's runtime status from then on
+    news: bool = True  # says where the instance stands (not: a rejected request, a history)
+
+
+MEANINGS: Mapping[EventType, Meaning] = {
+    EventType.SCHEDULED: Meaning(starts=True),
+    EventType.STARTED: Meaning(starts=True, sets_status=True),
+    EventType.SUSPENDED: Meaning(sets_status=True),
+    EventType.RESUMED: Meaning(sets_status=True),
+    EventType.EVENT_RAISED: Meaning(),
+    EventType.COMPLETED: Meaning(ends=True, sets_status=True),
+    EventType.FAILED: Meaning(ends=True, sets_status=True),
+    EventType.TERMINATED: Meaning(ends=True, sets_status=True),
+    EventType.PURGED: Meaning(),
+    EventType.REJECTED: Meaning(news=False),
+    EventType.STATE: Meaning(),
+    EventType.HISTORY: Meaning(news=False),
+    EventType.STALLED: Meaning(),
+    EventType.UNSTALLED: Meaning(),
+}
+"""One row per event type (a unit test keeps it complete)."""
+
+STARTS = frozenset(e for e, m in MEANINGS.items() if m.starts)
+ENDS = frozenset(e for e, m in MEANINGS.items() if m.ends)
+SETS_STATUS = frozenset(e for e, m in MEANINGS.items() if m.sets_status)
+NO_NEWS = frozenset(e for e, m in MEANINGS.items() if not m.news)
 
 
 class RejectCode(StrEnum):

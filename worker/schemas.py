@@ -15,30 +15,9 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter
 
 from worker import __version__
-from worker.actions import control_adapter
 from worker.config import Settings
-from worker.events import EVENT_TYPE_PREFIX, EventType, StatusEvent
-from worker.messages import RaiseEvent, StartWorkflow
-
-_MESSAGES: dict[str, tuple[str, type[BaseModel] | TypeAdapter[Any], str]] = {
-    # file stem: (topic setting, model, summary)
-    "workflow.start": ("start_topic", StartWorkflow, "Start a workflow instance."),
-    "workflow.approval": (
-        "approval_topic",
-        RaiseEvent,
-        "Raise an external event (an approval) into an instance.",
-    ),
-    "workflow.control": (
-        "control_topic",
-        control_adapter,
-        "Suspend, resume, terminate, purge (one or bulk), query an instance or get its history.",
-    ),
-    "workflow.status": (
-        "status_topic",
-        StatusEvent,
-        "Published by the worker: every status change and every request outcome.",
-    ),
-}
+from worker.events import EVENT_TYPE_PREFIX, EventType
+from worker.topics import TOPICS
 
 
 def json_schema(
@@ -86,9 +65,10 @@ def asyncapi() -> dict[str, Any]:
     operations: dict[str, Any] = {}
     messages: dict[str, Any] = {}
     schemas: dict[str, Any] = {}
-    for stem, (setting, model, summary) in _MESSAGES.items():
-        name = stem.replace(".", "_")
-        topic = getattr(defaults, setting)
+    for declared in TOPICS:
+        setting, model, summary = declared.setting, declared.model, declared.summary
+        name = declared.default.replace(".", "_")
+        topic = declared.address(defaults)
         schema = asyncapi_schema(json_schema(model, ref_template="#/components/schemas/{model}"))
         schema.pop("$schema")
         schemas.update(schema.pop("$defs", {}))
@@ -98,7 +78,7 @@ def asyncapi() -> dict[str, Any]:
             "contentType": "application/json",
             "payload": schema,
         }
-        if stem == "workflow.status":
+        if not declared.inbound:
             messages[name]["description"] = (
                 f"CloudEvent type: {EVENT_TYPE_PREFIX}<event> with <event> one of "
                 f"{', '.join(e.value for e in EventType)}; subject: the instance id; id: stable "
@@ -109,7 +89,7 @@ def asyncapi() -> dict[str, Any]:
             "description": f"Topic {topic!r} (setting {setting}).",
             "messages": {name: {"$ref": f"#/components/messages/{name}"}},
         }
-        action = "send" if stem == "workflow.status" else "receive"
+        action = "receive" if declared.inbound else "send"
         operations[f"{action}_{name}"] = {
             "action": action,
             "channel": {"$ref": f"#/channels/{name}"},
@@ -132,7 +112,7 @@ def asyncapi() -> dict[str, Any]:
 
 def documents() -> dict[str, dict[str, Any]]:
     """File name -> content, for everything under docs/schemas."""
-    files = {f"{stem}.schema.json": json_schema(m) for stem, (_, m, _) in _MESSAGES.items()}
+    files = {f"{t.default}.schema.json": json_schema(t.model) for t in TOPICS}
     files["asyncapi.json"] = asyncapi()
     return files
 

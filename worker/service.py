@@ -48,6 +48,7 @@ from worker.sidecar import (
     read_facts,
     records_store,
 )
+from worker.topics import APPROVAL, CONTROL, START
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ class WorkerService:
         store = IdempotencyStore(client, records, s.idempotency_ttl_seconds, s.claim_lease_seconds)
 
         def start_handled(source: str, message_id: str) -> bool | None:
-            return store.handled(message_key(s.start_topic, source, message_id))
+            return store.handled(message_key(START.address(s), source, message_id))
 
         runtime, registry = build_runtime(
             publisher, s.workflow_modules, s.sdk_log_level, start_handled
@@ -172,9 +173,9 @@ class WorkerService:
             else None
         )
         handlers: dict[str, TopicHandler] = {
-            s.start_topic: StartHandler(self._gateway, allowed),
-            s.approval_topic: ApprovalHandler(self._gateway, notes),
-            s.control_topic: ControlHandler(self._gateway, notes, purges),
+            START.address(s): StartHandler(self._gateway, allowed),
+            APPROVAL.address(s): ApprovalHandler(self._gateway, notes),
+            CONTROL.address(s): ControlHandler(self._gateway, notes, purges),
         }
         accept = None
         if accepts_ahead(s, facts):

@@ -37,6 +37,7 @@ from worker.cli.sidecar import (
     subscribe_error,
 )
 from worker.events import EventType
+from worker.topics import STATUS, Topic
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -67,12 +68,12 @@ class Options:
     out: TextIO
     err: TextIO
 
-    def topic(self, name: str) -> str:
-        return f"{self.topic_prefix}workflow.{name}"
+    def topic(self, topic: Topic) -> str:
+        return self.topic_prefix + topic.default
 
     @property
     def status_topic(self) -> str:
-        return self.topic("status")
+        return self.topic(STATUS)
 
 
 def default_source() -> str:

@@ -23,14 +23,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Generic, TypeVar
 
-from worker.events import EventType, StatusEvent, as_utc
+from worker.events import STARTS, StatusEvent, as_utc
 
 T = TypeVar("T")
 
 # Longer than the client profile's Redis read timeout plus its reclaim (components/client).
 HOLD_SECONDS = 8.0
 _REMEMBERED = 10_000  # instances whose last status is kept (the oldest are forgotten)
-_STARTS = frozenset({EventType.STARTED, EventType.SCHEDULED})
 
 
 @dataclass
@@ -117,7 +116,7 @@ class InOrder(Generic[T]):
 
     def _waits(self, instance: _Instance[T], event: StatusEvent) -> bool:
         """Whether an event that should come before ``event`` has not been shown yet."""
-        if event.event in _STARTS:
+        if event.event in STARTS:
             return False
         if not instance.shown:
             created = event.created_at

@@ -26,13 +26,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from worker.cli.exitcodes import Exit
-from worker.events import EventType, RejectCode, StatusEvent
+from worker.events import ENDS, EventType, RejectCode, StatusEvent
 
 ENDINGS: dict[EventType, Exit] = {
-    EventType.COMPLETED: Exit.OK,
-    EventType.FAILED: Exit.FAILED,
-    EventType.TERMINATED: Exit.TERMINATED,
+    end: Exit.OK if end is EventType.COMPLETED else Exit[end.name] for end in ENDS
 }
+"""The exit code of each end of an instance (`worker.events.ENDS`): 0 for completed, else the
+code named like the event (failed 3, terminated 4)."""
 
 REJECTION_EXIT: dict[RejectCode, Exit] = {
     RejectCode.INVALID_MESSAGE: Exit.REJECTED,

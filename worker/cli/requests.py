@@ -19,8 +19,8 @@ from worker.cli.exitcodes import CliError, Exit
 from worker.cli.outcome import Wait
 from worker.events import EventType
 from worker.messages import Duration, RaiseEvent, StartWorkflow
+from worker.topics import APPROVAL, CONTROL, START, Topic
 
-Topic = Literal["start", "approval", "control"]
 Until = Literal["accepted", "started", "finished", "done"]
 
 _DURATION: TypeAdapter[timedelta] = TypeAdapter(Duration)
@@ -48,7 +48,7 @@ class Request:
         )
 
     def describe(self) -> str:
-        if self.topic == "start":
+        if self.topic is START:
             return f"start of {self.body['workflow']} as {self.instance_id}"
         action = self.body.get("action") or f"event {self.body.get('event_name')}"
         target = self.instance_id or "finished instances"
@@ -173,7 +173,7 @@ def start(
     }.get(until)
     if done is None:
         raise CliError(Exit.USAGE, f"--until {until} is not for start (accepted/started/finished)")
-    return Request("start", body, instance, accepted, done)
+    return Request(START, body, instance, accepted, done)
 
 
 def raise_event(
@@ -184,7 +184,7 @@ def raise_event(
         body["data"] = data
     _validated(RaiseEvent, body)
     done = _until(until, EventType.EVENT_RAISED, ("done", "finished"))
-    return Request("approval", body, instance_id, frozenset({EventType.EVENT_RAISED}), done)
+    return Request(APPROVAL, body, instance_id, frozenset({EventType.EVENT_RAISED}), done)
 
 
 def control(action: str, instance_id: str | None, until: Until = "done", **fields: Any) -> Request:
@@ -196,7 +196,7 @@ def control(action: str, instance_id: str | None, until: Until = "done", **field
     declared = BY_NAME[action]
     event = declared.event
     if instance_id is None:  # the action's bulk message (validated: purge)
-        return Request("control", body, None, frozenset(), frozenset({event}), bulk=True)
+        return Request(CONTROL, body, None, frozenset(), frozenset({event}), bulk=True)
     allowed: tuple[Until, ...] = ("done", "finished") if declared.follows else ("done",)
     done = _until(until, event, allowed)
-    return Request("control", body, instance_id, frozenset({event}), done)
+    return Request(CONTROL, body, instance_id, frozenset({event}), done)

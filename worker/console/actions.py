@@ -34,6 +34,7 @@ from worker.events import EventType, RejectCode, now
 from worker.handlers.inbound import Inbound
 from worker.handlers.pipeline import Pipeline, TopicHandler
 from worker.publisher import Outbound
+from worker.topics import APPROVAL, CONTROL, START
 
 log = logging.getLogger(__name__)
 audit = logging.getLogger("worker.audit")
@@ -162,13 +163,13 @@ class Actions:
     # --- the actions -------------------------------------------------------------------------
 
     def start(self, user: str, body: bytes, key: str | None = None) -> Outcome:
-        return self.send(user, self.settings.start_topic, body, key)
+        return self.send(user, START.address(self.settings), body, key)
 
     def raise_event(
         self, user: str, instance_id: str, body: bytes, key: str | None = None
     ) -> Outcome:
         return self.send(
-            user, self.settings.approval_topic, _with(body, instance_id=instance_id), key
+            user, APPROVAL.address(self.settings), _with(body, instance_id=instance_id), key
         )
 
     def control(
@@ -177,7 +178,7 @@ class Actions:
         fields: dict[str, Any] = {"action": action}
         if instance_id is not None:
             fields["instance_id"] = instance_id
-        return self.send(user, self.settings.control_topic, _with(body, **fields), key)
+        return self.send(user, CONTROL.address(self.settings), _with(body, **fields), key)
 
     def send(self, user: str, topic: str, data: bytes, key: str | None = None) -> Outcome:
         """Hand the message to the line; wait for its outcome up to the deadline."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from worker.events import EventType, as_utc, now, real_time
+from worker.events import NO_NEWS, EventType, as_utc, now, real_time
 from worker.gateway import ACTIVE_STATUSES, TERMINAL_STATUSES, InstanceState
 from worker.outcomes import Rejected, Transient
 from worker.publisher import Outbound
@@ -35,8 +35,6 @@ STATUSES = ("RUNNING", "PENDING", "SUSPENDED", "COMPLETED", "FAILED", "TERMINATE
 _RECENT_PER_INSTANCE = 50
 _FEED_LENGTH = 2_000
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
-# Events that say nothing new about an instance's status.
-_NO_CHANGE = frozenset({EventType.REJECTED, EventType.HISTORY})
 
 
 @dataclass
@@ -170,7 +168,7 @@ class InstanceIndex:
         event = outbound.event
         instance_id = event.instance_id
         assert instance_id is not None
-        if event.event in _NO_CHANGE:
+        if event.event in NO_NEWS:
             return
         at = as_utc(event.occurred_at)
         entry = self._entries.get(instance_id)

@@ -19,7 +19,7 @@ from cloudevents.sdk.event import v1
 from dapr.clients.grpc._response import TopicEventResponse
 
 from worker import logcontext, traces
-from worker.events import EventType, StatusEvent, iso, now, stable_event_id
+from worker.events import STARTS, EventType, StatusEvent, iso, now, stable_event_id
 from worker.handlers.inbound import Inbound
 from worker.idempotency import Begin, Claim, IdempotencyStore, message_key
 from worker.instruments import NO_INSTRUMENTS, Instruments, Outcome, RetryReason
@@ -35,7 +35,6 @@ audit = logging.getLogger("worker.audit")
 _ATTEMPTS_REMEMBERED = 10_000
 # A message that arrives before the worker is ready waits this long, then is redelivered.
 _READY_WAIT_SECONDS = 5.0
-_STARTS = frozenset({EventType.STARTED, EventType.SCHEDULED})
 _WAITING = "waiting"  # a parked message that still waits for its instance: not an outcome
 _ANSWERS = {Outcome.DUPLICATE: "success", Outcome.PARKED: "success", _WAITING: "retry"}
 
@@ -286,7 +285,7 @@ class Pipeline:
             return _verdict(Outcome.RETRY, RetryReason.TRANSIENT)
         self._forget_attempts(key)
         self._audit(message, events, status)
-        if self._parking is not None and any(o.event.event in _STARTS for o in events):
+        if self._parking is not None and any(o.event.event in STARTS for o in events):
             self._parking.nudge()  # a parked message may have waited for this instance
         return _verdict(status, code)
 

@@ -33,6 +33,7 @@ from typing import Any
 
 from worker.actions import observed
 from worker.events import (
+    SETS_STATUS,
     EventType,
     StatusEvent,
     TimelineEntry,
@@ -60,19 +61,6 @@ _BEHIND_TRIES = 200  # x the batch pause: ten seconds
 # creation time after an end is a new life (a start with replace, a rerun in place), and after
 # PENDING the sidecar's "not set" gave way to the real time.
 _GOING_ON = frozenset({"RUNNING", "SUSPENDED"})
-
-
-# Events whose status is the instance's runtime status once they are published.
-_REPORTED_STATUS = frozenset(
-    {
-        EventType.STARTED,
-        EventType.SUSPENDED,
-        EventType.RESUMED,
-        EventType.COMPLETED,
-        EventType.FAILED,
-        EventType.TERMINATED,
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -180,7 +168,7 @@ class Watcher:
         watch): a sweeping replica takes the status it reports into its inventory, so an
         instance the worker saw finish needs no check of its own."""
         event = outbound.event
-        if event.event not in _REPORTED_STATUS or event.instance_id is None:
+        if event.event not in SETS_STATUS or event.instance_id is None:
             return
         with self._known_lock:
             if event.instance_id in self._stalled:
