@@ -172,7 +172,7 @@ class WorkerService:
             else None
         )
         handlers: dict[str, TopicHandler] = {
-            s.start_topic: StartHandler(self._gateway, allowed),
+            s.start_topic: StartHandler(self._gateway, allowed, registry.inputs),
             s.approval_topic: ApprovalHandler(self._gateway, notes),
             s.control_topic: ControlHandler(self._gateway, notes, purges),
         }
