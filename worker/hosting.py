@@ -177,22 +177,32 @@ def _jsonable(value: Any) -> Any:
         return value  # left for the event's own validation to refuse (and the log to say)
 
 
-def typed_activity(fn: Callable[..., Any], model: InputModel) -> Callable[..., Any]:
-    """Activity ``fn`` with its input coerced to its dataclass ``model`` (the SDK does it for
-    pydantic models only); sync or async like ``fn``."""
+_SDK_MARKS = ("_dapr_alternate_name", "_activity_registered", "_workflow_registered")
+
+
+def activity_wrapper(fn: Callable[..., Any], model: InputModel | None) -> Callable[..., Any]:
+    """Activity ``fn`` as registered with the SDK: a new function each time (the SDK marks what
+    it registers, and refuses it in a second runtime, e.g. a test's), with its input coerced to
+    its dataclass ``model`` (the SDK coerces pydantic models itself, seeing ``fn``'s
+    signature through the wrapper); sync or async like ``fn``."""
+    coerce = model.coerce if model is not None and dataclasses.is_dataclass(model.type) else None
     if inspect.iscoroutinefunction(fn):
 
         @functools.wraps(fn)
-        async def async_activity(ctx: WorkflowActivityContext, data: Any = None) -> Any:
-            return await fn(ctx, model.coerce(data))
+        async def async_activity(ctx: WorkflowActivityContext, *data: Any) -> Any:
+            return await fn(ctx, *(coerce(d) if coerce else d for d in data))
 
-        return async_activity
+        wrapper: Callable[..., Any] = async_activity
+    else:
 
-    @functools.wraps(fn)
-    def activity(ctx: WorkflowActivityContext, data: Any = None) -> Any:
-        return fn(ctx, model.coerce(data))
+        @functools.wraps(fn)
+        def activity(ctx: WorkflowActivityContext, *data: Any) -> Any:
+            return fn(ctx, *(coerce(d) if coerce else d for d in data))
 
-    return activity
+        wrapper = activity
+    for mark in _SDK_MARKS:
+        wrapper.__dict__.pop(mark, None)
+    return wrapper
 
 
 class WorkflowRegistry:
@@ -202,6 +212,7 @@ class WorkflowRegistry:
         self._runtime = runtime
         self.workflow_names: list[str] = []
         self.inputs: dict[str, InputModel] = {}  # workflow name: its input's model, if typed
+        self.activity_names: list[str] = []
 
     def workflow(self, fn: Callable[..., Any], *, name: str | None = None) -> None:
         """Host workflow ``fn`` under ``name`` (default: the function's name)."""
@@ -216,13 +227,13 @@ class WorkflowRegistry:
 
     def activity(self, fn: Callable[..., Any], *, name: str | None = None) -> None:
         """Host activity ``fn``; workflows call it by the function or by ``name``."""
-        model = input_model(fn)
-        if model is None or not dataclasses.is_dataclass(model.type):
-            self._runtime.register_activity(fn, name=name)  # the SDK coerces pydantic models
-            return
-        self._runtime.register_activity(typed_activity(fn, model), name=name)
+        activity_name = name or fn.__name__
+        if activity_name in self.activity_names:
+            raise ValueError(f"activity {activity_name!r} is registered twice")
+        self._runtime.register_activity(activity_wrapper(fn, input_model(fn)), name=name)
+        self.activity_names.append(activity_name)
         if name is not None:  # so that `ctx.call_activity(fn)` finds it by that name
-            fn.__dict__.setdefault("_dapr_alternate_name", name)
+            fn.__dict__["_dapr_alternate_name"] = name
 
 
 _START_WAIT_SECONDS = 2.0

@@ -86,7 +86,7 @@ def describe(error: ValidationError) -> str:
     for item in error.errors(include_url=False):
         where = ".".join(str(part) for part in item["loc"]) or "input"
         parts.append(f"{where}: {item['msg']}")
-    return f"{error.title}: " + "; ".join(parts)
+    return "; ".join(parts)
 
 
 def input_model(fn: Callable[..., Any]) -> InputModel | None:

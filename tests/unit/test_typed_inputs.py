@@ -139,8 +139,8 @@ def test_the_registry_notes_typed_inputs_and_wraps_dataclass_activities() -> Non
     registry.workflow(untyped_flow)
     assert registry.inputs == {"order_flow": InputModel(Order), "parcels": InputModel(Parcel)}
 
-    def price(ctx: Any, order: Order) -> float:
-        return order.amount
+    def price(ctx: Any, order: Order) -> Any:
+        return order
 
     def weigh(ctx: Any, parcel: Parcel) -> float:
         return parcel.weight
@@ -148,7 +148,11 @@ def test_the_registry_notes_typed_inputs_and_wraps_dataclass_activities() -> Non
     registry.activity(price)
     registry.activity(weigh, name="weigh_parcel")
     [(price_fn, _), (weigh_fn, weigh_name)] = runtime.activities
-    assert price_fn is price  # the SDK coerces pydantic models itself
+    assert price_fn.__wrapped__ is price  # a new function each time; the SDK coerces models
+    assert price_fn(None, {"order_id": "o", "amount": 1}) == {"order_id": "o", "amount": 1}
+    assert registry.activity_names == ["price", "weigh_parcel"]
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.activity(price)
     assert weigh_name == "weigh_parcel"
     assert weigh_fn(None, {"weight": 4}) == 4.0
     assert weigh.__dict__["_dapr_alternate_name"] == "weigh_parcel"
