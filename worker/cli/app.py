@@ -166,11 +166,11 @@ def cli(
     \b
     Examples:
       wfctl start approval_workflow --id order-7 --input '{"order_id": "7", "amount": 5000}'
-      wfctl start greeting_workflow --input '"ana"' --wait
+      wfctl start task_processing_workflow --input '{"tasks": ["a", "b"]}' --wait
       wfctl approve order-7 --by ana --wait --until finished
       wfctl watch --instance order-7
       dapr run --app-id workflow-client --resources-path components/client \\
-        -- wfctl start greeting_workflow --input '"ana"' --wait
+        -- wfctl start task_processing_workflow --input '{"tasks": ["a"]}' --wait
     """
     env = os.environ
     source_of = ctx.get_parameter_source
@@ -323,10 +323,10 @@ def _examples(*lines: str) -> str:
 @cli.command(
     short_help="Start a workflow; --wait for its end.",
     epilog=_examples(
-        "wfctl start greeting_workflow --input '\"ana\"' --wait",
+        "wfctl start task_processing_workflow --input '{\"tasks\": [\"a\", \"b\"]}' --wait",
         "wfctl start approval_workflow --id order-7 --input @order.json --wait --until started",
         "wfctl start counter_workflow --start-at +10m --wait --until accepted",
-        "wfctl start greeting_workflow --id hello-1 --replace --input '\"again\"' --wait",
+        "wfctl start task_processing_workflow --id batch-1 --replace --input @tasks.json --wait",
     ),
 )
 @click.argument("workflow")
