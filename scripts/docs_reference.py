@@ -185,7 +185,9 @@ def wfctl() -> str:
         "|---|---|",
     ]
     for name, command in wfctl_commands():
-        lines.append(f"| [`wfctl {name}`](#wfctl-{name}) | {cell(command.get_short_help_str(200))} |")
+        lines.append(
+            f"| [`wfctl {name}`](#wfctl-{name}) | {cell(command.get_short_help_str(200))} |"
+        )
     lines += ["", "## wfctl", "", "```text", help_text(cli, "wfctl", None), "```", ""]
     for name, command in wfctl_commands():
         lines += [

@@ -88,7 +88,9 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
 def test_links_to_repository_files_are_checked_and_rewritten() -> None:
     page_dir = DOCS / "getting-started"
     text = "[`examples/workflow.http`](../../examples/workflow.http) and [the tests](../../tests/)"
-    assert rewrite(text, page_dir, DOCS, None) == "`examples/workflow.http` and the tests (`tests/`)"
+    assert (
+        rewrite(text, page_dir, DOCS, None) == "`examples/workflow.http` and the tests (`tests/`)"
+    )
     assert rewrite(text, page_dir, DOCS, "https://example.org/org/repo") == (
         "[`examples/workflow.http`](https://example.org/org/repo/blob/main/examples/workflow.http)"
         " and [the tests](https://example.org/org/repo/tree/main/tests/)"
