@@ -105,7 +105,8 @@ class RejectCode(StrEnum):
     to branch on (its `reason` says the rest, for people). Codes may be added: read one you do
     not know as `other`.
 
-    - `invalid_message`: not JSON, not UTF-8, a wrong content type, or not the message's schema
+    - `invalid_message`: not JSON, not UTF-8, a wrong content type, not the message's schema,
+      or a start whose input does not fit the workflow's typed input (its model)
     - `too_large`: above the worker's size limit (WORKER_MAX_MESSAGE_BYTES)
     - `unknown_workflow`: a workflow not allowed here, or not registered
     - `unknown_instance`: no such instance (still none after the grace period)

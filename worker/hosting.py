@@ -7,12 +7,20 @@ retries it after a crash or SIGKILL of the worker: every change is reported at l
 under a stable CloudEvent id. A completion report waits until the `started` of its start
 message is out, so one instance's events stay in order.
 
-A user module is any importable module with a ``register(registry)`` function; name it in
-``WORKER_WORKFLOW_MODULES`` (see README, "Your own workflows").
+A workflow or activity whose input is annotated with a pydantic model or a dataclass receives
+an instance of it (`worker.inputs`), as with the SDK; an input that does not fit fails the
+workflow (a `failed` event), and a start message whose input does not fit is rejected before
+anything runs (`StartHandler`).
+
+A user module is any importable module with a ``register(registry)`` function, or with
+`dapr_workflow_worker.Flows` at module level; name it in ``WORKER_WORKFLOW_MODULES`` (see
+README, "Your own workflows").
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import importlib
 import inspect
 import logging
@@ -27,9 +35,12 @@ from dapr.ext.workflow import (
     WorkflowActivityContext,
     WorkflowRuntime,
 )
+from pydantic_core import to_jsonable_python
 
 from worker import logcontext, traces
 from worker.events import EventType, FailureInfo, StatusEvent, now, stable_event_id
+from worker.flows import Flows
+from worker.inputs import InputModel, input_model
 from worker.logcontext import sdk_logger_options
 from worker.origin import Origin, unwrap
 from worker.publisher import Outbound, StatusPublisher
@@ -93,8 +104,10 @@ def _report(
 
 
 def reporting(fn: Callable[..., Any], name: str) -> Callable[..., Generator[Any, Any, Any]]:
-    """Wrap workflow ``fn`` so that its completion or failure is published."""
+    """Wrap workflow ``fn`` so that its completion or failure is published, and its input
+    coerced to the model it is annotated with (a misfit fails the workflow)."""
     takes_input = len(inspect.signature(fn).parameters) > 1
+    model = input_model(fn)
 
     def workflow(ctx: DaprWorkflowContext, data: Any = None) -> Generator[Any, Any, Any]:
         started = ctx.current_utc_datetime.isoformat()  # deterministic under replay
@@ -132,6 +145,8 @@ def reporting(fn: Callable[..., Any], name: str) -> Callable[..., Generator[Any,
             )
 
         try:
+            if model is not None:
+                data = model.coerce(data)
             result = fn(tracked, data) if takes_input else fn(tracked)
             if inspect.isgenerator(result):
                 result = yield from result
@@ -144,7 +159,7 @@ def reporting(fn: Callable[..., Any], name: str) -> Callable[..., Generator[Any,
             raise
         if not tracked.continued_as_new:
             try:
-                yield ending(EventType.COMPLETED, output=result)
+                yield ending(EventType.COMPLETED, output=_jsonable(result))
             except Exception:
                 log.exception("could not report completion of %s", ctx.instance_id)
         return result
@@ -154,12 +169,50 @@ def reporting(fn: Callable[..., Any], name: str) -> Callable[..., Generator[Any,
     return workflow
 
 
+def _jsonable(value: Any) -> Any:
+    """A workflow's output as JSON data (a model or dataclass as the SDK serializes it)."""
+    try:
+        return to_jsonable_python(value)
+    except Exception:
+        return value  # left for the event's own validation to refuse (and the log to say)
+
+
+_SDK_MARKS = ("_dapr_alternate_name", "_activity_registered", "_workflow_registered")
+
+
+def activity_wrapper(fn: Callable[..., Any], model: InputModel | None) -> Callable[..., Any]:
+    """Activity ``fn`` as registered with the SDK: a new function each time (the SDK marks what
+    it registers, and refuses it in a second runtime, e.g. a test's), with its input coerced to
+    its dataclass ``model`` (the SDK coerces pydantic models itself, seeing ``fn``'s
+    signature through the wrapper); sync or async like ``fn``."""
+    coerce = model.coerce if model is not None and dataclasses.is_dataclass(model.type) else None
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def async_activity(ctx: WorkflowActivityContext, *data: Any) -> Any:
+            return await fn(ctx, *(coerce(d) if coerce else d for d in data))
+
+        wrapper: Callable[..., Any] = async_activity
+    else:
+
+        @functools.wraps(fn)
+        def activity(ctx: WorkflowActivityContext, *data: Any) -> Any:
+            return fn(ctx, *(coerce(d) if coerce else d for d in data))
+
+        wrapper = activity
+    for mark in _SDK_MARKS:
+        wrapper.__dict__.pop(mark, None)
+    return wrapper
+
+
 class WorkflowRegistry:
     """What a user module's ``register(registry)`` receives."""
 
     def __init__(self, runtime: WorkflowRuntime) -> None:
         self._runtime = runtime
         self.workflow_names: list[str] = []
+        self.inputs: dict[str, InputModel] = {}  # workflow name: its input's model, if typed
+        self.activity_names: list[str] = []
 
     def workflow(self, fn: Callable[..., Any], *, name: str | None = None) -> None:
         """Host workflow ``fn`` under ``name`` (default: the function's name)."""
@@ -168,10 +221,19 @@ class WorkflowRegistry:
             raise ValueError(f"workflow {workflow_name!r} is registered twice")
         self._runtime.register_workflow(reporting(fn, workflow_name), name=workflow_name)
         self.workflow_names.append(workflow_name)
+        model = input_model(fn)
+        if model is not None:
+            self.inputs[workflow_name] = model
 
     def activity(self, fn: Callable[..., Any], *, name: str | None = None) -> None:
         """Host activity ``fn``; workflows call it by the function or by ``name``."""
-        self._runtime.register_activity(fn, name=name)
+        activity_name = name or fn.__name__
+        if activity_name in self.activity_names:
+            raise ValueError(f"activity {activity_name!r} is registered twice")
+        self._runtime.register_activity(activity_wrapper(fn, input_model(fn)), name=name)
+        self.activity_names.append(activity_name)
+        if name is not None:  # so that `ctx.call_activity(fn)` finds it by that name
+            fn.__dict__["_dapr_alternate_name"] = name
 
 
 _START_WAIT_SECONDS = 2.0
@@ -241,10 +303,23 @@ def build_runtime(
     registry = WorkflowRegistry(runtime)
     workflows.register(registry)
     for module_name in user_modules:
-        module = importlib.import_module(module_name)
-        register = getattr(module, "register", None)
-        if not callable(register):
-            raise ValueError(f"workflow module {module_name!r} has no register(registry)")
-        register(registry)
-        log.info("loaded workflows from %s", module_name)
+        load_module(registry, module_name)
     return runtime, registry
+
+
+def load_module(registry: WorkflowRegistry, module_name: str) -> None:
+    """Register what module ``module_name`` declares: its ``register(registry)`` when it has
+    one, else every `Flows` at its top level."""
+    module = importlib.import_module(module_name)
+    register = getattr(module, "register", None)
+    if callable(register):
+        register(registry)
+    else:
+        declared = [value for value in vars(module).values() if isinstance(value, Flows)]
+        if not declared:
+            raise ValueError(
+                f"workflow module {module_name!r} has no register(registry) and no Flows"
+            )
+        for flows in declared:
+            flows.register(registry)
+    log.info("loaded workflows from %s", module_name)

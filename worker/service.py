@@ -173,7 +173,7 @@ class WorkerService:
             else None
         )
         handlers: dict[str, TopicHandler] = {
-            START.address(s): StartHandler(self._gateway, allowed),
+            START.address(s): StartHandler(self._gateway, allowed, registry.inputs),
             APPROVAL.address(s): ApprovalHandler(self._gateway, notes),
             CONTROL.address(s): ControlHandler(self._gateway, notes, purges),
         }

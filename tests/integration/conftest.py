@@ -43,6 +43,7 @@ TOPIC_PREFIXES = (
     "image.",
     "custom.",
     "pod.",
+    "typed.",
 )
 STATUS_TOPICS = ("workflow.status", *(f"{p}workflow.status" for p in TOPIC_PREFIXES))
 _GRANT = "workflow-client=workflow.start,workflow.approval,workflow.control"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 
 from worker import traces
@@ -12,6 +12,7 @@ from worker.gateway import InstanceState, WorkflowGateway
 from worker.handlers.inbound import Inbound, parse
 from worker.handlers.report import report
 from worker.idempotency import Claim
+from worker.inputs import InputModel
 from worker.messages import StartWorkflow
 from worker.origin import Origin
 from worker.outcomes import RejectCode, Rejected, Transient
@@ -41,9 +42,16 @@ def derived_instance_id(workflow: str, message: Inbound) -> str:
 
 
 class StartHandler:
-    def __init__(self, gateway: WorkflowGateway, allowed: Collection[str]) -> None:
+    def __init__(
+        self,
+        gateway: WorkflowGateway,
+        allowed: Collection[str],
+        inputs: Mapping[str, InputModel] | None = None,
+    ) -> None:
+        """``inputs``: the model each typed workflow's input must fit (`WorkflowRegistry`)."""
         self._gateway = gateway
         self._allowed = allowed
+        self._inputs = inputs or {}
 
     def handle(self, message: Inbound, claim: Claim) -> list[Outbound]:
         request: StartWorkflow = parse(message, StartWorkflow)
@@ -53,6 +61,7 @@ class StartHandler:
                 f"{', '.join(sorted(self._allowed)) or 'none'}",
                 code=RejectCode.UNKNOWN_WORKFLOW,
             )
+        self._check_input(request)
         instance_id = request.instance_id or derived_instance_id(request.workflow, message)
         existing = self._gateway.get_state(instance_id, payloads=True)
         if existing is not None and self._ours(existing, message, request, instance_id):
@@ -78,6 +87,18 @@ class StartHandler:
                 raise
             return self._reports(message, request, instance_id, existing.created_at)
         return self._reports(message, request, instance_id, at)
+
+    def _check_input(self, request: StartWorkflow) -> None:
+        """Reject, before anything runs, an input that does not fit the workflow's model."""
+        model = self._inputs.get(request.workflow)
+        why = model.check(request.input) if model is not None else None
+        if model is not None and why is not None:
+            raise Rejected(
+                f"input does not fit {request.workflow}'s {model.name}: {why}",
+                code=RejectCode.INVALID_MESSAGE,
+                instance_id=request.instance_id,
+                workflow=request.workflow,
+            )
 
     def _ours(
         self, existing: InstanceState, message: Inbound, request: StartWorkflow, instance_id: str
