@@ -1,0 +1,116 @@
+"""The documentation site: it builds strictly, and its generated reference matches the code."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+
+from scripts import docs_reference
+from scripts.docs_hooks import rewrite
+from worker.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs"
+REFERENCE = DOCS / "reference"
+GENERATED = docs_reference.documents()
+
+
+@pytest.mark.parametrize("name", sorted(GENERATED))
+def test_committed_reference_is_up_to_date(name: str) -> None:
+    committed = (REFERENCE / name).read_text()
+    assert committed == GENERATED[name], (
+        f"docs/reference/{name} is stale: run `python -m scripts.docs_reference`"
+    )
+
+
+def test_every_setting_is_in_the_configuration_reference() -> None:
+    page = (REFERENCE / "configuration.md").read_text()
+    for name, field in Settings.model_fields.items():
+        for variable in docs_reference.variables(name, field):
+            assert f"`{variable}`" in page, f"{variable} ({name}) missing"
+        assert f"`--{name.replace('_', '-')}`" in page
+    rows = [line for line in page.splitlines() if line.startswith("| `")]
+    assert len(rows) == len(Settings.model_fields)
+
+
+def test_every_wfctl_command_and_option_is_in_the_cli_reference() -> None:
+    page = (REFERENCE / "wfctl.md").read_text()
+    commands = docs_reference.wfctl_commands()
+    assert {"start", "approve", "watch", "purge", "suspend"} <= {name for name, _ in commands}
+    for name, command in commands:
+        assert f"\n## wfctl {name}\n" in page
+        assert f"Usage: wfctl {name} " in page
+        for param in command.params:
+            if isinstance(param, click.Option) and not param.hidden:
+                for flag in param.opts:
+                    assert flag in page, f"wfctl {name} {flag} missing"
+
+
+def test_every_console_operation_is_in_the_api_reference() -> None:
+    document = json.loads((REFERENCE / "openapi.json").read_text())
+    page = (REFERENCE / "console-api.md").read_text()
+    assert document["paths"]
+    for path, operations in document["paths"].items():
+        for method in operations:
+            assert f"| {method.upper()} | `{path}` |" in page
+
+
+def test_mkdocs_build_strict(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "-d", str(site)],
+        cwd=ROOT,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (site / "index.html").is_file()
+    assert (site / "reference" / "configuration" / "index.html").is_file()
+    # the site loads nothing from elsewhere: no web fonts, no scripts or styles from a CDN
+    for page in site.rglob("*.html"):
+        html = page.read_text()
+        assert not re.search(r"<(?:script|link)[^>]+(?:src|href)=\"(?:https?:)?//", html), page
+        assert "fonts.googleapis" not in html, page
+    # the schemas were included whole, not just linked
+    schemas = (site / "reference" / "schemas" / "index.html").read_text()
+    assert "additionalProperties" in schemas
+
+
+def test_links_to_repository_files_are_checked_and_rewritten() -> None:
+    page_dir = DOCS / "getting-started"
+    text = "[`examples/workflow.http`](../../examples/workflow.http) and [the tests](../../tests/)"
+    assert (
+        rewrite(text, page_dir, DOCS, None) == "`examples/workflow.http` and the tests (`tests/`)"
+    )
+    assert rewrite(text, page_dir, DOCS, "https://example.org/org/repo") == (
+        "[`examples/workflow.http`](https://example.org/org/repo/blob/main/examples/workflow.http)"
+        " and [the tests](https://example.org/org/repo/tree/main/tests/)"
+    )
+    untouched = "[a page](../concepts/messages.md#order) [out](https://x.org/a) [here](#top)"
+    assert rewrite(untouched, page_dir, DOCS, None) == untouched
+    fenced = "```text\n[not a link](../../no/such/file)\n```\n"
+    assert rewrite(fenced, page_dir, DOCS, None) == fenced
+    with pytest.raises(ValueError, match="no such file"):
+        rewrite("[gone](../../examples/no-such-file)", page_dir, DOCS, None)
+    with pytest.raises(ValueError, match="leaves the repository"):
+        rewrite("[far](../../../etc/passwd)", page_dir, DOCS, None)
+
+
+def test_every_page_is_in_the_nav() -> None:
+    """mkdocs reports pages left out of the nav (validation.omitted_files: warn, so --strict
+    fails); this says which, without a build."""
+    nav = (ROOT / "mkdocs.yml").read_text()
+    pages = sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md"))
+    assert pages
+    missing = [p for p in pages if p not in nav]
+    assert not missing, f"pages not in mkdocs.yml's nav: {missing}"
