@@ -323,7 +323,7 @@ def _examples(*lines: str) -> str:
 @cli.command(
     short_help="Start a workflow; --wait for its end.",
     epilog=_examples(
-        "wfctl start task_processing_workflow --input '{\"tasks\": [\"a\", \"b\"]}' --wait",
+        'wfctl start task_processing_workflow --input \'{"tasks": ["a", "b"]}\' --wait',
         "wfctl start approval_workflow --id order-7 --input @order.json --wait --until started",
         "wfctl start counter_workflow --start-at +10m --wait --until accepted",
         "wfctl start task_processing_workflow --id batch-1 --replace --input @tasks.json --wait",
