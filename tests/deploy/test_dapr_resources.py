@@ -118,7 +118,7 @@ def test_a_kind_dapr_does_not_have_is_refused() -> None:
 # What the retry policy does: daprd builds it from dapr/kit's retry defaults, into which only
 # the fields of Dapr's Retry type are decoded; the exponential policy's start, randomization
 # and multiplier are cenkalti/backoff's defaults. Read from the sources at the versions
-# daprd's go.mod requires, and held against what components/ and the README say.
+# daprd's go.mod requires, and held against what components/ and docs/concepts/messages.md say.
 
 
 def _go_duration(expr: str) -> float:
@@ -165,5 +165,5 @@ def test_the_first_retry_interval_is_dapr_kits_default() -> None:
     said = "first retry after 500 ms +/- 50 % (250-750 ms), each next interval x1.5"
     for path in sorted((schemas.PROJECT / "components").glob("*/resiliency.yaml")):
         assert said in " ".join(path.read_text().replace("#", " ").split()), path
-    readme = " ".join((schemas.PROJECT / "README.md").read_text().split())
-    assert "500 ms ± 50 %" in readme
+    page = " ".join((schemas.PROJECT / "docs" / "concepts" / "messages.md").read_text().split())
+    assert "500 ms ± 50 %" in page

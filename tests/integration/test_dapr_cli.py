@@ -18,10 +18,11 @@ def test_dapr_workflow_list_sees_the_worker_on_redis(
     stack: devstack.Stack, worker: Worker, observer: Observer
 ) -> None:
     """CLI 1.16.5 reads the instance list from the actor state store itself: on Redis its
-    ``-c`` is a Redis URL. Runs the README's command, with the stack's Redis port."""
-    readme = (devstack.PROJECT / "README.md").read_text()
-    documented = re.search(r"^dapr workflow list -a workflow-worker -c redis://\S+", readme, re.M)
-    assert documented, "the README shows no `dapr workflow list` for the shared profile"
+    ``-c`` is a Redis URL. Runs the tutorial's command (docs/getting-started/tutorial.md),
+    with the stack's Redis port."""
+    page = (devstack.PROJECT / "docs" / "getting-started" / "tutorial.md").read_text()
+    documented = re.search(r"^dapr workflow list -a workflow-worker -c redis://\S+", page, re.M)
+    assert documented, "the tutorial shows no `dapr workflow list` for the shared profile"
     command = shlex.split(documented[0].replace("localhost:6379", f"127.0.0.1:{stack.redis_port}"))
     instance_id = unique("listed")
     observer.publish(

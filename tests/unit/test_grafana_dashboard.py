@@ -1,4 +1,5 @@
-"""The Grafana dashboard and the README's alert rules name only series the worker exposes."""
+"""The Grafana dashboard and the alert rules of docs/operate/metrics.md name only series the
+worker exposes."""
 
 from __future__ import annotations
 
@@ -50,8 +51,8 @@ def dashboard_expressions() -> list[str]:
 
 
 def alert_expressions() -> list[str]:
-    text = (PROJECT / "README.md").read_text()
-    section = text.split("### What to alert on", 1)[1].split("\n## ", 1)[0]
+    text = (PROJECT / "docs" / "operate" / "metrics.md").read_text()
+    section = text.split("\n## What to alert on\n", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"^\s+expr: (.+)$", section, re.MULTILINE)
 
 

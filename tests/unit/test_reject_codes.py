@@ -346,10 +346,10 @@ def test_rejection_requires_a_code() -> None:
         rejection(message, "why")  # type: ignore[call-arg]
 
 
-def test_the_readmes_table_of_codes_is_the_one_the_code_uses() -> None:
-    """README, "Rejection codes": one row per code, with the console's status and wfctl's
-    exit code as the tables here decide them."""
-    text = (ROOT / "README.md").read_text()
+def test_the_docs_table_of_codes_is_the_one_the_code_uses() -> None:
+    """docs/concepts/messages.md, "Rejection codes": one row per code, with the console's
+    status and wfctl's exit code as the tables here decide them."""
+    text = (ROOT / "docs" / "concepts" / "messages.md").read_text()
     table = text[text.index("| `code` | why | console | wfctl |") :].split("\n\n")[0]
     rows = {}
     for line in table.splitlines()[2:]:
