@@ -1,4 +1,4 @@
-"""How fast the console's instance list answers with many instances (README: "The console").
+"""How fast the console's instance list answers with many instances (docs/operate/console.md).
 
 On a fresh local stack (the shared profile: Redis state store and pub/sub), one
 worker with its console (the watch off, so that only the console reads the sidecar), and

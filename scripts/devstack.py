@@ -33,7 +33,8 @@ from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parent.parent
 COMPONENTS = PROJECT / "components"
-# The sidecars' Configuration: a name resolution that sends nothing off the machine (README).
+# The sidecars' Configuration: a name resolution that sends nothing off the machine
+# (docs/how-to/profiles.md).
 CONFIG = COMPONENTS / "config.yaml"
 
 

@@ -61,7 +61,7 @@ class Action(Generic[M]):
 
     model: type[M]
     event: EventType  # the status event it produces
-    help: str  # one sentence, for wfctl, the console's API and the README
+    help: str  # one sentence, for wfctl, the console's API and the docs
     change: Transition | None = None
     call: Callable[[WorkflowGateway, M], None] | None = None  # makes the change
     read: Callable[[WorkflowGateway, M, InstanceState], dict[str, Any]] | None = None

@@ -14,7 +14,7 @@ anything runs (`StartHandler`).
 
 A user module is any importable module with a ``register(registry)`` function, or with
 `dapr_workflow_worker.Flows` at module level; name it in ``WORKER_WORKFLOW_MODULES`` (see
-README, "Your own workflows").
+docs/how-to/your-workflows.md).
 """
 
 from __future__ import annotations

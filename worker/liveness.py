@@ -1,6 +1,6 @@
 """Whether the worker still makes progress, or only a restart would heal it (``/livez``).
 
-The failure this catches is the daprd 1.18.2 wedge (README, "What is guaranteed"): the
+The failure this catches is the daprd 1.18.2 wedge (docs/concepts/guarantees.md): the
 sidecar's workflow engine stops answering for some instances, and every try of a message
 about one of them ends with DEADLINE_EXCEEDED, for as long as the sidecar runs. The pipeline
 reports each try that failed that way, and each message it is done with; `Liveness` fails

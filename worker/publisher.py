@@ -227,8 +227,8 @@ class StatusPublisher:
                     # but it is a configuration error: say so plainly.
                     log.error(
                         "the sidecar refuses to let app %r publish on %r: the pub/sub "
-                        "component's publishingScopes must grant it (see README, 'Who may "
-                        "control workflows'); retrying",
+                        "component's publishingScopes must grant it (see "
+                        "docs/how-to/access-control.md); retrying",
                         self._settings.app_id,
                         topic,
                     )

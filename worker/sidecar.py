@@ -19,7 +19,8 @@ from worker.config import Settings
 log = logging.getLogger(__name__)
 
 # A state store by this name, when the sidecar has one, holds the idempotency records (the
-# embedded default's is in memory: see the README's "Where the records live").
+# embedded default's is in memory: see
+# docs/how-to/profiles.md#where-the-records-live-and-accepting-ahead).
 RECORDS_STORE = "idempotency"
 # A pub/sub of this type hands a subscription one message at a time: accept ahead.
 _ONE_AT_A_TIME = frozenset({"pubsub.in-memory"})

@@ -451,7 +451,8 @@ def test_a_second_subscriber_on_the_same_sidecar_is_refused(client: devstack.Sid
 def test_the_documented_dapr_run_form(stack: devstack.Stack, worker: Worker) -> None:
     """`dapr run --app-id workflow-client --resources-path components/client -- wfctl ...`:
     the CLI starts a sidecar for the one command. dapr run passes only success (0) or
-    failure (1) on, so pipelines that branch on codes run the sidecar apart (README)."""
+    failure (1) on, so pipelines that branch on codes run the sidecar apart (docs/operate/wfctl.md).
+    """
     dapr = str(devstack.dapr_bin("dapr"))
 
     def dapr_run(*args: str) -> subprocess.CompletedProcess[str]:

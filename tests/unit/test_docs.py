@@ -114,3 +114,48 @@ def test_every_page_is_in_the_nav() -> None:
     assert pages
     missing = [p for p in pages if p not in nav]
     assert not missing, f"pages not in mkdocs.yml's nav: {missing}"
+
+
+# -- pointers from the code to the docs ---------------------------------------------------
+
+# Where the code tells users (log lines, errors, comments in shipped files) to read on.
+POINTING = ["worker", "dapr_workflow_worker", "scripts", "components", "deploy", "docs/grafana"]
+_POINTER = re.compile(r"\bdocs/[\w./-]+?\.md(?:#[\w-]+)?")
+_HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*$", re.MULTILINE)
+_FENCE = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
+
+
+def anchors(page: Path) -> set[str]:
+    """The ids mkdocs gives the page's headings (the toc extension's default slugify)."""
+    from markdown.extensions.toc import slugify
+
+    text = _FENCE.sub("", page.read_text())
+    return {slugify(title.replace("`", ""), "-") for title in _HEADING.findall(text)}
+
+
+def pointers() -> list[tuple[str, str]]:
+    found = []
+    for top in POINTING:
+        for path in sorted((ROOT / top).rglob("*")):
+            if path.is_file() and path.suffix in {".py", ".yaml", ".yml", ".json", ".env", ".sh"}:
+                text = path.read_text(errors="replace")
+                found += [(path.relative_to(ROOT).as_posix(), p) for p in _POINTER.findall(text)]
+    return found
+
+
+def test_the_codes_pointers_name_existing_pages_and_anchors() -> None:
+    found = pointers()
+    assert len(found) >= 10
+    for source, pointer in found:
+        page, _, anchor = pointer.partition("#")
+        assert (ROOT / page).is_file(), f"{source} points at {pointer}: no such page"
+        if anchor:
+            assert anchor in anchors(ROOT / page), f"{source} points at {pointer}: no such anchor"
+
+
+def test_no_code_points_at_the_readme() -> None:
+    """The README is short now: what it held is on the site's pages, and pointers go there."""
+    for top in POINTING:
+        for path in sorted((ROOT / top).rglob("*")):
+            if path.is_file() and path.suffix in {".py", ".yaml", ".yml", ".json", ".env", ".sh"}:
+                assert "README" not in path.read_text(errors="replace"), path

@@ -20,7 +20,7 @@ from worker.outcomes import Transient
 STORE = "statestore"
 ID = "order-1"
 KEY = f"wfw|expect|{ID}"
-FIVE_MINUTES = 300.0  # the README: a note for a worker-made change expires after 5 minutes
+FIVE_MINUTES = 300.0  # docs/concepts/watch.md: a worker-made change's note expires after 5 min
 
 
 @pytest.fixture

@@ -562,8 +562,8 @@ def test_only_the_lease_holder_sweeps_and_another_takes_over_when_it_dies(
 
 
 def test_a_sweep_over_finished_instances_costs_only_the_id_listing(rig: Rig) -> None:
-    """The README's cost model: finished instances cost their share of the listing
-    (_LIST_PAGE ids a call), never a read each."""
+    """The cost model of docs/benchmark/watch-cost.md: finished instances cost their share
+    of the listing (_LIST_PAGE ids a call), never a read each."""
     ids = [f"done-{n:04}" for n in range(2000)]
     for instance_id in ids:
         rig.set(instance("COMPLETED", origin=WORKER, instance_id=instance_id))

@@ -1,4 +1,4 @@
-"""``wfctl``: the commands (Click). See ``wfctl --help`` and the README's "wfctl" section."""
+"""``wfctl``: the commands (Click). See ``wfctl --help`` and docs/operate/wfctl.md."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ closed streaming subscription left blocked (daprd 1.18.2) takes the next event, 
 waits in the consumer group until it is reclaimed, a few seconds later, while the events after
 it arrive. So an event whose predecessor has not been shown yet is held back, until that
 predecessor arrives or `HOLD_SECONDS` have passed; each instance's events are then released in
-`occurred_at` order, as the README tells consumers to order them.
+`occurred_at` order, as docs/concepts/status-events.md tells consumers to order them.
 
 An event waits for a predecessor when:
 - its instance was created after the watch began and nothing of it was shown yet, and it is

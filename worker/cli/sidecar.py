@@ -24,7 +24,7 @@ HOW_TO_RUN = (
     "--dapr-http-port 3500 --dapr-grpc-port 50001` (shared profile), or point wfctl at a "
     "running sidecar with DAPR_HTTP_PORT/DAPR_GRPC_PORT (--dapr-http-port/--dapr-grpc-port)"
 )
-GRANTS = "README, 'Who may control workflows'"
+GRANTS = "see docs/how-to/access-control.md"
 # A previous wfctl's subscription on the same sidecar is gone within this once it exited.
 _SUBSCRIBER_GONE_SECONDS = 3.0
 
@@ -174,8 +174,8 @@ class Connection:
                 Exit.UNAVAILABLE,
                 f"the sidecar of app-id {meta.app_id!r} already subscribes to {topic} "
                 f"({', '.join(others)}): it would split the status events with wfctl (one "
-                "consumer group per sidecar). Give wfctl a sidecar of its own (README, "
-                "'wfctl: one sidecar, one consumer group')",
+                "consumer group per sidecar). Give wfctl a sidecar of its own (see "
+                "docs/operate/wfctl.md#wfctl-one-sidecar-one-consumer-group)",
             )
         return meta
 
@@ -341,7 +341,7 @@ class _Stream:
     answered (success) as soon as it is read, and `end` ends the call from wfctl's side
     (a half-close sent after those answers), never by cancelling it while an answer is
     unsent: daprd 1.18.2 retries a delivery that a closed stream left unanswered with the
-    pub/sub's inbound resiliency policy (README, 'Which sidecar wfctl talks to')."""
+    pub/sub's inbound resiliency policy (docs/operate/wfctl.md#which-sidecar-wfctl-talks-to)."""
 
     def __init__(
         self, stub: Any, pubsub: str, topic: str, sink: Callable[[Received | _Failure], None]

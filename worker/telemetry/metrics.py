@@ -7,7 +7,7 @@ instance counts when the watch runs. Names follow OpenTelemetry's messaging sema
 conventions where one exists (``messaging.process.duration``,
 ``messaging.client.consumed.messages``, the attribute ``messaging.destination.name`` for the
 topic, ``error.type``), in Prometheus spelling (dots become underscores, the unit a suffix);
-the rest is prefixed ``workflow_worker_``. The README lists every series.
+the rest is prefixed ``workflow_worker_``. docs/operate/metrics.md lists every series.
 """
 
 from __future__ import annotations

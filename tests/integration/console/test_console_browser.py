@@ -2,7 +2,7 @@
 stack: the list fills, a filter narrows it, a start by message shows live, the instance page
 shows its timeline, buttons act (and the status topic shows it), a bulk purge removes only
 what it should, a viewer cannot act. Screenshots of the list and an instance page go to
-``CONSOLE_SCREENSHOT_DIR`` when set (the README's come from here)."""
+``CONSOLE_SCREENSHOT_DIR`` when set (docs/console's come from here)."""
 
 from __future__ import annotations
 
