@@ -159,3 +159,17 @@ def test_no_code_points_at_the_readme() -> None:
         for path in sorted((ROOT / top).rglob("*")):
             if path.is_file() and path.suffix in {".py", ".yaml", ".yml", ".json", ".env", ".sh"}:
                 assert "README" not in path.read_text(errors="replace"), path
+
+
+def test_the_readmes_links_name_existing_files_and_anchors() -> None:
+    """The README is read on a Git host: its relative links are paths in the repository, and
+    most go into docs/ (mkdocs does not check them: the README is not a page)."""
+    text = _FENCE.sub("", (ROOT / "README.md").read_text())
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    local = [link for link in links if not re.match(r"[a-z]+:", link)]
+    assert sum(link.startswith("docs/") for link in local) >= 20
+    for link in local:
+        path, _, anchor = link.partition("#")
+        assert (ROOT / path).exists(), f"README links to {link}: no such file"
+        if anchor:
+            assert anchor in anchors(ROOT / path), f"README links to {link}: no such anchor"
