@@ -127,7 +127,7 @@ _FENCE = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
 
 def anchors(page: Path) -> set[str]:
     """The ids mkdocs gives the page's headings (the toc extension's default slugify)."""
-    from markdown.extensions.toc import slugify
+    from markdown.extensions.toc import slugify  # type: ignore[import-untyped]
 
     text = _FENCE.sub("", page.read_text())
     return {slugify(title.replace("`", ""), "-") for title in _HEADING.findall(text)}
