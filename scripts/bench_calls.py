@@ -133,7 +133,8 @@ def markdown(results: list[dict[str, Any]], machine: str, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line this script takes (the docs' examples are checked against it)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -142,7 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=devstack.PROJECT / "docs" / "benchmark")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python scripts/bench_calls.py " + " ".join(
         argv if argv is not None else sys.argv[1:]

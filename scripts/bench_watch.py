@@ -1115,7 +1115,8 @@ def _commit() -> str:
     return f"{head} (worker/ with uncommitted changes)" if dirty else head
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line this script takes (the docs' examples are checked against it)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -1146,7 +1147,11 @@ def main(argv: list[str] | None = None) -> int:
         help="3 per action, 30 + 5 instances, 8 s window, sweep every 2 s (< 1.5 min)",
     )
     parser.add_argument("--out", type=Path, default=devstack.PROJECT / "docs" / "benchmark")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.smoke:
         args.n, args.retention_n, args.interval = 3, 2, 0.1
         args.finished, args.running = 30, 5

@@ -653,7 +653,8 @@ def machine_description() -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line this script takes (the docs' examples are checked against it)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -689,7 +690,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar=("COUNT", "RATE"),
         help="instead: latency below saturation, COUNT messages at RATE per second",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.smoke:
         args.n, args.runs = [20], 1
     if args.metrics:

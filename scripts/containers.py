@@ -257,11 +257,16 @@ def logs(name: str) -> str:
     return (done.stdout or "") + (done.stderr or "")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line this script takes (the docs' examples are checked against it)."""
     parser = argparse.ArgumentParser(prog="python -m scripts.containers", description=__doc__)
     parser.add_argument("what", choices=("base", "build"))
     parser.add_argument("--no-cache", action="store_true", help="build every layer again")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     reason = available()
     if reason:
         print(f"[containers] {reason}", file=sys.stderr)

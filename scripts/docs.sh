@@ -7,6 +7,14 @@
 # the reference pages: .venv/bin/python -m scripts.docs_reference
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+usage="usage: scripts/docs.sh [PORT]"
+case "${1:-}" in -h | --help) echo "$usage"; exit 0 ;; esac
+if [ $# -gt 1 ] || [[ $# -eq 1 && ! "$1" =~ ^[0-9]+$ ]]; then
+  echo "[docs] not a port: $*; $usage" >&2
+  exit 2
+fi
+# SCRIPT_CHECK_ARGS=1: only check the arguments (the docs' examples are tested so), serve nothing.
+if [ -n "${SCRIPT_CHECK_ARGS:-}" ]; then echo "[docs] port ${1:-free}"; exit 0; fi
 
 if [ ! -x .venv/bin/mkdocs ]; then
   echo "[docs] installing the Python packages into .venv"

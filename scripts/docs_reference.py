@@ -17,6 +17,7 @@ generates; tests/unit/test_docs.py fails the same way.
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import sys
@@ -367,8 +368,20 @@ def documents() -> dict[str, str]:
     }
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The command line this script takes (the docs' examples are checked against it)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.docs_reference",
+        description="Write the generated pages of docs/reference/.",
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if a page is stale"
+    )
+    return parser
+
+
 def main(argv: list[str]) -> int:
-    check = "--check" in argv
+    check = build_parser().parse_args(argv).check
     stale = []
     for name, content in documents().items():
         path = TARGET / name

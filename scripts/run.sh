@@ -12,17 +12,21 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 project="$(pwd)"
 
+usage="usage: scripts/run.sh [--redis | --profile default|redis|postgres-kafka]"
 profile=default
 case "${1:-}" in
   "") ;;
-  --redis) profile=redis ;;
-  --profile)
-    profile="${2:-}"
-    [ -d "components/$profile" ] && [ "$profile" != client ] \
+  --redis) profile=redis; shift ;;
+  --profile | --profile=*)
+    if [ "$1" = --profile ]; then profile="${2:-}"; shift $(( $# > 1 ? 2 : 1 )); else profile="${1#--profile=}"; shift; fi
+    [ -n "$profile" ] && [ -d "components/$profile" ] && [ "$profile" != client ] \
       || { echo "[run] --profile takes one of: default redis postgres-kafka" >&2; exit 2; } ;;
-  --profile=*) exec "$0" --profile "${1#--profile=}" ;;
-  *) echo "usage: scripts/run.sh [--redis | --profile default|redis|postgres-kafka]" >&2; exit 2 ;;
+  -h | --help) echo "$usage"; exit 0 ;;
+  *) echo "[run] unknown option $1; $usage" >&2; exit 2 ;;
 esac
+[ $# -eq 0 ] || { echo "[run] unexpected argument $1; $usage" >&2; exit 2; }
+# SCRIPT_CHECK_ARGS=1: only check the arguments (the docs' examples are tested so), start nothing.
+if [ -n "${SCRIPT_CHECK_ARGS:-}" ]; then echo "[run] profile $profile"; exit 0; fi
 export PLACEMENT_PORT="${PLACEMENT_PORT:-50005}" SCHEDULER_PORT="${SCHEDULER_PORT:-50006}"
 export REDIS_PORT="${REDIS_PORT:-6379}"
 

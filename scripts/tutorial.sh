@@ -35,8 +35,15 @@ step_terminate() { send workflow.control "{\"action\":\"terminate\",\"instance_i
 step_purge() { send workflow.control "{\"action\":\"purge\",\"instance_id\":\"$counter\"}"; list; }
 step_bulk-purge() { send workflow.control '{"action":"purge","older_than":"1s","statuses":["COMPLETED"]}'; list 2; }
 
+steps="start query suspend resume approve reject terminate purge bulk-purge"
+if [ $# -gt 1 ] || { [ $# -eq 1 ] && [[ " $steps " != *" $1 "* ]]; }; then
+  echo "usage: scripts/tutorial.sh [STEP], a STEP of: $steps" >&2
+  exit 2
+fi
+# SCRIPT_CHECK_ARGS=1: only check the arguments (the docs' examples are tested so), send nothing.
+if [ -n "${SCRIPT_CHECK_ARGS:-}" ]; then echo "[tutorial] ${1:-every step}"; exit 0; fi
 if [ $# -gt 0 ]; then
   "step_$1"
 else
-  for s in start query suspend resume approve reject terminate purge bulk-purge; do "step_$s"; done
+  for s in $steps; do "step_$s"; done
 fi
