@@ -7,6 +7,8 @@
 #   scripts/run.sh --profile postgres-kafka   PostgreSQL state, Kafka pub/sub: starts both on
 #                                             loopback, on free ports (POSTGRES_PORT, KAFKA_PORT
 #                                             choose them), data in .data/{postgres,kafka}-data
+#   scripts/run.sh --profile postgres-rabbitmq PostgreSQL state, RabbitMQ pub/sub: the same, with
+#                                             RabbitMQ (RABBITMQ_PORT) in .data/rabbitmq
 # Ports: PLACEMENT_PORT (50005), SCHEDULER_PORT (50006). Ctrl+C stops everything.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -19,9 +21,9 @@ case "${1:-}" in
   --profile)
     profile="${2:-}"
     [ -d "components/$profile" ] && [ "$profile" != client ] \
-      || { echo "[run] --profile takes one of: default redis postgres-kafka" >&2; exit 2; } ;;
+      || { echo "[run] --profile takes one of: default redis postgres-kafka postgres-rabbitmq" >&2; exit 2; } ;;
   --profile=*) exec "$0" --profile "${1#--profile=}" ;;
-  *) echo "usage: scripts/run.sh [--redis | --profile default|redis|postgres-kafka]" >&2; exit 2 ;;
+  *) echo "usage: scripts/run.sh [--redis | --profile default|redis|postgres-kafka|postgres-rabbitmq]" >&2; exit 2 ;;
 esac
 export PLACEMENT_PORT="${PLACEMENT_PORT:-50005}" SCHEDULER_PORT="${SCHEDULER_PORT:-50006}"
 export REDIS_PORT="${REDIS_PORT:-6379}"
@@ -68,6 +70,7 @@ else
     sed -e "s#localhost:6379#localhost:$REDIS_PORT#" \
         -e "s#localhost:5432#localhost:${POSTGRES_PORT:-5432}#" \
         -e "s#localhost:9092#localhost:${KAFKA_PORT:-9092}#" \
+        -e "s#localhost:5672#localhost:${RABBITMQ_PORT:-5672}#" \
         "$f" >".data/components-$profile/$(basename "$f")"
   done
   dapr run -f .data/dapr.yaml &

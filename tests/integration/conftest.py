@@ -207,6 +207,7 @@ class Worker:
     client: DaprWorkflowClient
     topic_prefix: str = ""
     env: dict[str, str] = field(default_factory=dict)
+    profile: str = "redis"  # the components/ folder its sidecar runs with
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
@@ -284,9 +285,9 @@ def observing(stack: devstack.Stack, backend: str = "redis") -> Iterator[Observe
     thread.start()
     devstack.wait_until(lambda: devstack.port_open(app_port), 10, "observer app")
     components = stack.components(backend)
-    # Redis Streams deliver as many at once as `concurrency` says: one, as an ordered
-    # consumer reads. (Kafka delivers each partition's messages one after another anyway.)
-    resources = devstack.one_at_a_time(components) if backend == "redis" else components
+    # One delivery at a time, as an ordered consumer reads (Redis Streams and RabbitMQ deliver
+    # as many at once as their settings say; Kafka each partition's one after another).
+    resources = devstack.one_at_a_time(components)
     sidecar = stack.start_sidecar(
         "workflow-client", resources, app_port=app_port, wait_for_app=True
     )
@@ -354,7 +355,7 @@ def start_worker(
         sidecar, name=name or app_id, env=worker_env, trust_ready_line=trust_ready_line
     )
     client = DaprWorkflowClient(host="127.0.0.1", port=str(sidecar.grpc_port))
-    return Worker(sidecar, proc, client, topic_prefix, worker_env)
+    return Worker(sidecar, proc, client, topic_prefix, worker_env, profile)
 
 
 @contextlib.contextmanager
@@ -363,12 +364,15 @@ def private_worker(
     name: str,
     env: dict[str, str] | None = None,
     config: Path = devstack.CONFIG,
+    profile: str = "redis",
 ) -> Iterator[Worker]:
     """A worker of its own for one test: app-id ``<name>-worker``, topics ``<name>.workflow.*``
     (the prefix must be in TOPIC_PREFIXES); stopped, with its sidecar, at the end.
     ``config``: its sidecar's Configuration."""
     assert f"{name}." in TOPIC_PREFIXES, f"add {name}. to TOPIC_PREFIXES"
-    running = start_worker(stack, f"{name}-worker", topic_prefix=f"{name}.", env=env, config=config)
+    running = start_worker(
+        stack, f"{name}-worker", topic_prefix=f"{name}.", env=env, config=config, profile=profile
+    )
     try:
         yield running
     finally:
@@ -385,7 +389,7 @@ def restart_sidecar(stack: devstack.Stack, worker: Worker, name: str) -> None:
     old = worker.sidecar
     worker.sidecar = stack.start_sidecar(
         old.app_id,
-        stack.components("redis"),
+        stack.components(worker.profile),
         app_port=old.app_port,
         name=name,
         grpc_port=old.grpc_port,
