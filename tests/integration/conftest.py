@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
 import threading
 import time
 import uuid
@@ -68,6 +69,9 @@ class Observer:
     """Collects what arrives on the status and dead-letter topics; publishes test messages."""
 
     http_port: int = 0
+    # Its sidecar, and the resources folder that sidecar runs with (for a restart).
+    sidecar: devstack.Sidecar | None = None
+    resources: Path | None = None
     received: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     # Status events that break the published schema (checked with formats, as they come), or
@@ -260,6 +264,40 @@ def backend_stack(workdir: Path, backend: str = "redis") -> Iterator[devstack.St
         yield running
 
 
+# The shared backends (components/<profile>) the guarantee tests run on, each with a stack of
+# its own; TEST_BACKENDS (comma-separated) narrows the set.
+BACKENDS = tuple(
+    os.environ.get("TEST_BACKENDS", "redis,postgres-kafka,postgres-rabbitmq").split(",")
+)
+
+
+def per_backend() -> tuple[Any, Any, Any]:
+    """Module-scoped ``backend``, ``stack`` and ``observer`` fixtures, parametrized over
+    BACKENDS, for a test module to take in place of the session's Redis ones::
+
+        backend, stack, observer = per_backend()
+
+    Every test of the module that uses them runs once per backend (pytest groups the tests by
+    backend, so each stack is started once per module); the autouse contract checks and the
+    logs on failure apply to each, as they read ``observer`` and ``stack``."""
+
+    @pytest.fixture(scope="module", params=BACKENDS)
+    def backend(request: pytest.FixtureRequest) -> str:
+        return str(request.param)
+
+    @pytest.fixture(scope="module")
+    def stack(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[devstack.Stack]:
+        with backend_stack(tmp_path_factory.mktemp(backend), backend) as running:
+            yield running
+
+    @pytest.fixture(scope="module")
+    def observer(stack: devstack.Stack, backend: str) -> Iterator[Observer]:
+        with observing(stack, backend) as collected:
+            yield collected
+
+    return backend, stack, observer
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devstack.Stack]:
     with backend_stack(tmp_path_factory.mktemp("stack"), "redis") as running:
@@ -292,10 +330,11 @@ def observing(stack: devstack.Stack, backend: str = "redis") -> Iterator[Observe
         "workflow-client", resources, app_port=app_port, wait_for_app=True
     )
     collected.http_port = sidecar.http_port
+    collected.sidecar, collected.resources = sidecar, resources
     try:
         yield collected
     finally:
-        sidecar.proc.stop()
+        collected.sidecar.proc.stop()
         app.stop()
     # Events that came after the last test ended are checked too.
     errors, violations = collected.new_contract_problems()
@@ -394,6 +433,22 @@ def restart_sidecar(stack: devstack.Stack, worker: Worker, name: str) -> None:
         name=name,
         grpc_port=old.grpc_port,
         http_port=old.http_port,
+    )
+
+
+def restart_observer_sidecar(stack: devstack.Stack, observer: Observer, name: str) -> None:
+    """Stop the observer's sidecar and start it again on the same ports and resources."""
+    old, resources = observer.sidecar, observer.resources
+    assert old is not None and resources is not None, "not an observer started by `observing`"
+    old.proc.stop()
+    observer.sidecar = stack.start_sidecar(
+        old.app_id,
+        resources,
+        app_port=old.app_port,
+        name=name,
+        grpc_port=old.grpc_port,
+        http_port=old.http_port,
+        wait_for_app=True,
     )
 
 
