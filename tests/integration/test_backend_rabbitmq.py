@@ -24,6 +24,7 @@ from tests.integration.conftest import (
     Worker,
     backend_stack,
     observing,
+    restart_observer_sidecar,
     start_worker,
     unique,
 )
@@ -143,6 +144,11 @@ def test_the_shipped_component_loses_nothing_while_the_worker_is_down(
     ids = [unique("down") for _ in range(LOST_WHILE_DOWN * 3)]
     publish_all(observer, "workflow.start", [_greeting(i) for i in ids])
     stack.restart("rabbitmq")  # what waits in the queue is on disk
+    # The observer's sidecar was connected through the restart: components-contrib 1.18.3 can
+    # come back from it with consumers that hold status events unacknowledged and hand none
+    # on (seen: 5 held by 6 consumers of its one queue), so it is restarted, as an operator
+    # must (README, "Choosing a backend"). The worker's sidecar was down: it starts afresh.
+    restart_observer_sidecar(stack, observer, "daprd-workflow-client-2")
     restarted = start_worker(stack, "workflow-worker", profile=BACKEND, name="worker-2")
     try:
         wait_exactly_once(observer, "workflow.status", ids, ("started", "completed"), timeout=120)
