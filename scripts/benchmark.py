@@ -162,8 +162,9 @@ class Host:
 
     def stack_cpu(self) -> dict[str, float]:
         """CPU seconds so far of each process of the stack (worker host, its sidecar, Redis,
-        placement, scheduler, ...), by name: where a phase's time goes."""
-        return {proc.name: devstack.cpu_seconds(proc.popen.pid) for proc in self.stack.procs}
+        placement, scheduler, ...) with the processes it started (PostgreSQL's backends,
+        RabbitMQ's Erlang VM), by name: where a phase's time goes."""
+        return {proc.name: devstack.group_cpu_seconds(proc.popen.pid) for proc in self.stack.procs}
 
     def peak_rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.popen.pid}/status").read_text().splitlines():

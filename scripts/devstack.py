@@ -211,6 +211,26 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU time so far of every process in process group ``pgid`` (every
+    process the stack starts leads a group of its own), plus what the leader's children that
+    have ended took: a PostgreSQL server's backends, or the Erlang VM a RabbitMQ script
+    starts, count with their server."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[2]) != pgid:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+        if stat.parent.name == str(pgid):
+            total += (int(fields[13]) + int(fields[14])) / tick
+    return total
+
+
 def port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
