@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from dapr.ext.workflow import DaprWorkflowClient
 
@@ -304,12 +305,28 @@ def test_killing_the_sweeping_replica_hands_the_watch_over(
         sweeping.proc.kill()
         sweeping.sidecar.proc.kill()
         for instance_id in ids:
-            survivor.client.purge_workflow(instance_id)
+            _purge_through_fail_over(survivor, instance_id)
         for instance_id in ids:
             assert_observed(wait_event(observer, instance_id, "purged", timeout=60))
             once_each(observer, instance_id)
     finally:
         second.stop()
+
+
+def _purge_through_fail_over(worker: Worker, instance_id: str, timeout: float = 60) -> None:
+    """Purge as a client would right after a replica's crash: until placement has dropped the
+    dead sidecar, daprd may still route the instance's actor to it and answer UNAVAILABLE
+    (seen on postgres-kafka: "failed to invoke target ... connection refused"); retry that
+    until a deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            worker.client.purge_workflow(instance_id)
+            return
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+            time.sleep(1)
 
 
 def _sweeper(*replicas: Worker) -> Worker:
