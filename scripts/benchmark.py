@@ -1,6 +1,7 @@
 """What the worker costs compared with calling Dapr directly, on the real stack.
 
-For each profile (embedded default, Redis), each N and each run, on a fresh stack:
+For each profile (embedded default, Redis; postgres-kafka and postgres-rabbitmq when asked with
+--profiles), each N and each run, on a fresh stack:
   direct    N starts through DaprWorkflowClient, CONCURRENCY at a time (the sidecar's limit)
   worker    N start messages published to workflow.start, until every `started` event arrived
   flow      N approvals for those instances, until every `completed` event arrived
@@ -161,8 +162,9 @@ class Host:
 
     def stack_cpu(self) -> dict[str, float]:
         """CPU seconds so far of each process of the stack (worker host, its sidecar, Redis,
-        placement, scheduler, ...), by name: where a phase's time goes."""
-        return {proc.name: devstack.cpu_seconds(proc.popen.pid) for proc in self.stack.procs}
+        placement, scheduler, ...) with the processes it started (PostgreSQL's backends,
+        RabbitMQ's Erlang VM), by name: where a phase's time goes."""
+        return {proc.name: devstack.group_cpu_seconds(proc.popen.pid) for proc in self.stack.procs}
 
     def peak_rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.popen.pid}/status").read_text().splitlines():
@@ -231,13 +233,12 @@ def _cpu_since(host: Host, before: dict[str, float]) -> dict[str, float]:
 
 @contextlib.contextmanager
 def fresh_host(profile: str, workdir: Path) -> Iterator[Host]:
-    """A new stack (placement, scheduler, Redis for that profile) with the worker host on it;
+    """A new stack (placement, scheduler, the profile's backends) with the worker host on it;
     prints every process's log when the run fails, and stops it all."""
     with devstack.Stack(workdir) as stack:
         stack.start_placement()
         stack.start_scheduler()
-        if profile == "redis":
-            stack.start_redis()
+        stack.start_backend(profile)
         host = Host(stack, profile)
         try:
             yield host
@@ -521,7 +522,9 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 # Where a phase's CPU goes, per start: the stack's processes, grouped.
-_CPU_PARTS = ("worker", "daprd", "scheduler", "redis", "load", "total")
+_CPU_PARTS = ("worker", "daprd", "scheduler", "backends", "load", "total")
+# The profiles' backend processes (Redis; PostgreSQL with Kafka or RabbitMQ and its epmd).
+_BACKENDS = ("redis", "postgres", "kafka", "rabbitmq", "epmd")
 
 
 def _cpu_parts(run: dict[str, Any], phase: str) -> dict[str, float]:
@@ -535,8 +538,10 @@ def _cpu_parts(run: dict[str, Any], phase: str) -> dict[str, float]:
             part = "daprd"
         elif name == "benchmark":
             part = "load"  # this script: the publishers and the direct client
-        elif name in ("scheduler", "redis"):
+        elif name == "scheduler":
             part = name
+        elif name in _BACKENDS:
+            part = "backends"
         else:
             continue  # placement and the like: counted in the total only
         parts[part] += ms
@@ -551,7 +556,7 @@ def cpu_markdown(rows: list[dict[str, Any]]) -> str:
     the worker path only with what the worker process costs in the direct phase (hosting the
     workflows): the bound for any worker written in this process, on this stack."""
     lines = [
-        "| profile | N | phase | worker process | daprd | scheduler | Redis | load | "
+        "| profile | N | phase | worker process | daprd | scheduler | backends | load | "
         "**total** ms/start | direct/worker by CPU | if the worker process were free |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -568,7 +573,7 @@ def cpu_markdown(rows: list[dict[str, Any]]) -> str:
             )
             lines.append(
                 f"| {r['profile']} | {r['n']} | {phase} | {cpu['worker']:.2f} | "
-                f"{cpu['daprd']:.2f} | {cpu['scheduler']:.2f} | {cpu['redis']:.2f} | "
+                f"{cpu['daprd']:.2f} | {cpu['scheduler']:.2f} | {cpu['backends']:.2f} | "
                 f"{cpu['load']:.2f} | **{cpu['total']:.2f}** | {tail} |"
             )
     return "\n".join(lines) + "\n"
@@ -659,7 +664,11 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--profiles", nargs="+", default=["default", "redis"], choices=["default", "redis"]
+        "--profiles",
+        nargs="+",
+        default=["default", "redis"],
+        choices=list(devstack.PROFILES),
+        help="default: default redis; postgres-kafka and postgres-rabbitmq on request",
     )
     parser.add_argument("--n", nargs="+", type=int, default=[100, 1000, 5000])
     parser.add_argument("--runs", type=int, default=3)

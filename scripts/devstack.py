@@ -1,5 +1,5 @@
 """Starts a local Dapr stack: placement, scheduler, a profile's backends (Redis, or PostgreSQL
-and Kafka), sidecars and workers.
+and Kafka or RabbitMQ), sidecars and workers.
 
 Used by ``scripts/run.sh`` (``python scripts/devstack.py up``) and by the test fixtures.
 Every process gets free ports (unless given), writes its log to a file, is waited on with a
@@ -71,7 +71,7 @@ def kafka_lib() -> Path:
 
 
 # The components/ folders the stack can start the backends of, and what each needs.
-PROFILES = ("default", "redis", "postgres-kafka")
+PROFILES = ("default", "redis", "postgres-kafka", "postgres-rabbitmq")
 # PostgreSQL's server programs (Debian's postgresql-15 puts them here, off PATH).
 _POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -113,15 +113,25 @@ def write_resource(path: Path, text: str) -> None:
 
 def one_at_a_time(components: Path) -> Path:
     """A copy of ``components`` whose pub/sub delivers one message at a time: how a consumer
-    that needs per-instance order reads (the worker's own copy delivers 32 at once)."""
+    that needs per-instance order reads (the worker's own copy delivers 32 at once). Redis:
+    ``concurrency`` 1; RabbitMQ: ``prefetchCount`` 1, ``concurrencyMode`` single. (Kafka
+    delivers each partition's messages one after another anyway: returned as it is.)"""
+    pubsub = (components / "pubsub.yaml").read_text()
+    if "type: pubsub.kafka" in pubsub:
+        return components
     ordered = components.with_name(components.name + "-sequential")
     ordered.mkdir(exist_ok=True)
+    changes = {
+        '- name: concurrency\n      value: "32"': '- name: concurrency\n      value: "1"',
+        '- name: prefetchCount\n      value: "32"': '- name: prefetchCount\n      value: "1"',
+        'value: "parallel"': 'value: "single"',
+    }
     for source in components.glob("*.yaml"):
-        text = source.read_text().replace(
-            '- name: concurrency\n      value: "32"', '- name: concurrency\n      value: "1"'
-        )
+        text = source.read_text()
+        for old, new in changes.items():
+            text = text.replace(old, new)
         write_resource(ordered / source.name, text)
-    if 'value: "1"' not in (ordered / "pubsub.yaml").read_text():
+    if (ordered / "pubsub.yaml").read_text() == pubsub:
         raise RuntimeError("the pub/sub component's concurrency setting has moved")
     return ordered
 
@@ -202,6 +212,26 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU time so far of every process in process group ``pgid`` (every
+    process the stack starts leads a group of its own), plus what the leader's children that
+    have ended took: a PostgreSQL server's backends, or the Erlang VM a RabbitMQ script
+    starts, count with their server."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[2]) != pgid:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+        if stat.parent.name == str(pgid):
+            total += (int(fields[13]) + int(fields[14])) / tick
+    return total
+
+
 def port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
@@ -278,6 +308,10 @@ class Stack:
         self.redis_port = 0
         self.postgres_port = 0
         self.kafka_port = 0
+        self.rabbitmq_port = 0
+        # Where the backends keep their data (a restart mid-test starts them on it again).
+        self.postgres_data: Path | None = None
+        self.rabbitmq_node = ""
         # Run after every process has stopped (temporary data folders).
         self.cleanups: list[Callable[[], None]] = []
         # Text replacements applied to every copied component file (tests widen scopes).
@@ -447,7 +481,8 @@ class Stack:
 
     def start_backend(self, profile: str) -> None:
         """Start what ``components/<profile>`` connects to: nothing for the embedded default,
-        Redis for ``redis``, PostgreSQL and Kafka for ``postgres-kafka``."""
+        Redis for ``redis``, PostgreSQL and Kafka for ``postgres-kafka``, PostgreSQL and
+        RabbitMQ for ``postgres-rabbitmq``."""
         if profile not in PROFILES:
             raise ValueError(f"unknown profile {profile!r}: one of {', '.join(PROFILES)}")
         if profile == "redis":
@@ -455,6 +490,95 @@ class Stack:
         elif profile == "postgres-kafka":
             self.start_postgres()
             self.start_kafka()
+        elif profile == "postgres-rabbitmq":
+            self.start_postgres()
+            self.start_rabbitmq()
+
+    def restart(self, name: str) -> Proc:
+        """Stop the backend process ``name`` (redis, postgres, kafka, rabbitmq) cleanly and
+        start it again on the same port and data, as a broker or database restart would."""
+        old = next(p for p in self.procs if p.name == name)
+        old.stop(grace=60)
+        self.procs.remove(old)
+        if name == "redis":
+            return self.start_redis(self.redis_port)
+        if name == "postgres":
+            return self.start_postgres(self.postgres_port, data_dir=self.postgres_data)
+        if name == "kafka":
+            return self.start_kafka(self.kafka_port, data_dir=self.workdir / "kafka-data")
+        if name == "rabbitmq":
+            return self.start_rabbitmq(self.rabbitmq_port)
+        raise ValueError(f"{name} is not a backend this stack restarts")
+
+    def start_rabbitmq(self, port: int | None = None, timeout: float = 90) -> Proc:
+        """RabbitMQ (Debian's rabbitmq-server) on 127.0.0.1:``port`` (AMQP; user guest, which
+        RabbitMQ admits from loopback only), as a process of this stack with data, logs,
+        configuration and Erlang cookie in a folder of its own. Nothing is shared with another
+        RabbitMQ or Erlang node on the machine: its own node name, its own Erlang distribution
+        port, and an epmd (Erlang's port mapper, which a node otherwise starts as a daemon on
+        port 4369 that outlives it) of its own on a free port, run as a process of this stack.
+        Started again with the same ``port`` (`restart`), it comes back on the same node and
+        data: durable queues and persistent messages are still there."""
+        server, epmd = Path("/usr/lib/rabbitmq/bin/rabbitmq-server"), shutil.which("epmd")
+        if not server.exists() or epmd is None:
+            raise RuntimeError("rabbitmq-server is not installed: apt-get install rabbitmq-server")
+        self.rabbitmq_port = port or free_port()
+        home = self.workdir / "rabbitmq"
+        home.mkdir(exist_ok=True)
+        # The node's name is where its data lives: kept in the folder, so that a restart (or
+        # the next `up` on the same folder) finds its queues again.
+        named = home / "nodename"
+        if not named.exists():
+            named.write_text(f"rabbit-{uuid.uuid4().hex[:8]}@localhost")
+        self.rabbitmq_node = named.read_text().strip()
+        write_resource(
+            home / "rabbitmq.conf",
+            f"listeners.tcp.1 = 127.0.0.1:{self.rabbitmq_port}\n"
+            "# one machine, small disks: refuse publishes only below 50 MB free\n"
+            "disk_free_limit.absolute = 50MB\n",
+        )
+        write_resource(home / "enabled_plugins", "[].\n")
+        write_resource(home / "rabbitmq-env.conf", "")
+        cookie = home / ".erlang.cookie"
+        if not cookie.exists():
+            cookie.write_text(uuid.uuid4().hex)
+            cookie.chmod(0o400)
+        mapper = next((p for p in self.procs if p.name == "epmd" and p.alive()), None)
+        if mapper is None:  # the first start (a restart keeps the one the node registered in)
+            epmd_port = free_port()
+            mapper = self._spawn(
+                "epmd",
+                [epmd, "-port", str(epmd_port), "-address", "127.0.0.1"],
+                ports={"epmd": epmd_port},
+            )
+            self._ready(mapper, lambda: port_open(epmd_port), 20)
+        epmd_port, dist_port = mapper.ports["epmd"], free_port()
+        erl_env = {"ERL_EPMD_PORT": str(epmd_port), "ERL_EPMD_ADDRESS": "127.0.0.1"}
+        env = {
+            **erl_env,
+            "HOME": str(home),  # the Erlang cookie
+            "RABBITMQ_NODENAME": self.rabbitmq_node,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.rabbitmq_port),
+            "RABBITMQ_DIST_PORT": str(dist_port),
+            "RABBITMQ_CONFIG_FILE": str(home / "rabbitmq.conf"),
+            "RABBITMQ_CONF_ENV_FILE": str(home / "rabbitmq-env.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(home / "enabled_plugins"),
+            "RABBITMQ_MNESIA_BASE": str(home / "data"),
+            "RABBITMQ_LOG_BASE": str(home / "log"),
+            "RABBITMQ_LOGS": "-",  # to the stack's log file
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-start_epmd false",
+        }
+        log = self.workdir / "rabbitmq.log"
+        since = log.stat().st_size if log.exists() else 0
+        proc = self._spawn("rabbitmq", [str(server)], env=env, ports={"amqp": self.rabbitmq_port})
+
+        def started() -> bool:
+            with log.open("rb") as f:
+                f.seek(since)
+                return b"Server startup complete" in f.read() and port_open(self.rabbitmq_port)
+
+        return self._ready(proc, started, timeout, 0.2)
 
     def start_postgres(
         self, port: int | None = None, data_dir: Path | None = None, timeout: float = 60
@@ -478,6 +602,7 @@ class Stack:
                 data_dir = scratch / "data"
             else:
                 data_dir = self.workdir / "postgres-data"
+        self.postgres_data = data_dir
         if not (data_dir / "PG_VERSION").exists():
             data_dir.mkdir(parents=True, exist_ok=True)
             if as_user:
@@ -603,6 +728,8 @@ class Stack:
                 text = text.replace("localhost:5432", f"127.0.0.1:{self.postgres_port}")
             if self.kafka_port:
                 text = text.replace("localhost:9092", f"127.0.0.1:{self.kafka_port}")
+            if self.rabbitmq_port:
+                text = text.replace("localhost:5672", f"127.0.0.1:{self.rabbitmq_port}")
             for old, new in self.component_patches.items():
                 text = text.replace(old, new)
             write_resource(dest / source.name, text)
@@ -849,12 +976,17 @@ def _up(args: argparse.Namespace) -> int:
                 f"kafka in {time.monotonic() - started:.1f}s",
                 flush=True,
             )
+        elif profile == "postgres-rabbitmq":
+            stack.start_postgres(args.postgres_port, data_dir=workdir / "postgres-data")
+            # RabbitMQ keeps its node, data and cookie in workdir/rabbitmq between runs.
+            stack.start_rabbitmq(args.rabbitmq_port or None)
         ports = {
             "PLACEMENT_PORT": stack.placement_port,
             "SCHEDULER_PORT": stack.scheduler_port,
             "REDIS_PORT": stack.redis_port,
             "POSTGRES_PORT": stack.postgres_port,
             "KAFKA_PORT": stack.kafka_port,
+            "RABBITMQ_PORT": stack.rabbitmq_port,
         }
         print(
             "[devstack] "
@@ -900,6 +1032,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--redis-port", type=int, default=int(os.environ.get("REDIS_PORT", 0)))
     up.add_argument("--postgres-port", type=int, default=int(os.environ.get("POSTGRES_PORT", 0)))
     up.add_argument("--kafka-port", type=int, default=int(os.environ.get("KAFKA_PORT", 0)))
+    up.add_argument("--rabbitmq-port", type=int, default=int(os.environ.get("RABBITMQ_PORT", 0)))
     up.add_argument("--workdir", default=str(PROJECT / ".data"))
     up.add_argument("--ready-file", help="written once everything is healthy: KEY=port lines")
     args = parser.parse_args(argv)

@@ -7,12 +7,14 @@
 #   scripts/run.sh --profile postgres-kafka   PostgreSQL state, Kafka pub/sub: starts both on
 #                                             loopback, on free ports (POSTGRES_PORT, KAFKA_PORT
 #                                             choose them), data in .data/{postgres,kafka}-data
+#   scripts/run.sh --profile postgres-rabbitmq PostgreSQL state, RabbitMQ pub/sub: the same, with
+#                                             RabbitMQ (RABBITMQ_PORT) in .data/rabbitmq
 # Ports: PLACEMENT_PORT (50005), SCHEDULER_PORT (50006). Ctrl+C stops everything.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 project="$(pwd)"
 
-usage="usage: scripts/run.sh [--redis | --profile default|redis|postgres-kafka]"
+usage="usage: scripts/run.sh [--redis | --profile default|redis|postgres-kafka|postgres-rabbitmq]"
 profile=default
 case "${1:-}" in
   "") ;;
@@ -20,7 +22,7 @@ case "${1:-}" in
   --profile | --profile=*)
     if [ "$1" = --profile ]; then profile="${2:-}"; shift $(( $# > 1 ? 2 : 1 )); else profile="${1#--profile=}"; shift; fi
     [ -n "$profile" ] && [ -d "components/$profile" ] && [ "$profile" != client ] \
-      || { echo "[run] --profile takes one of: default redis postgres-kafka" >&2; exit 2; } ;;
+      || { echo "[run] --profile takes one of: default redis postgres-kafka postgres-rabbitmq" >&2; exit 2; } ;;
   -h | --help) echo "$usage"; exit 0 ;;
   *) echo "[run] unknown option $1; $usage" >&2; exit 2 ;;
 esac
@@ -72,6 +74,7 @@ else
     sed -e "s#localhost:6379#localhost:$REDIS_PORT#" \
         -e "s#localhost:5432#localhost:${POSTGRES_PORT:-5432}#" \
         -e "s#localhost:9092#localhost:${KAFKA_PORT:-9092}#" \
+        -e "s#localhost:5672#localhost:${RABBITMQ_PORT:-5672}#" \
         "$f" >".data/components-$profile/$(basename "$f")"
   done
   dapr run -f .data/dapr.yaml &

@@ -9,6 +9,7 @@
 #     missing), the trace test's backend
 #   - Kafka's broker (pinned jars from Maven Central, through mvn) and PostgreSQL (Debian
 #     package), the postgres-kafka profile's backends
+#   - rabbitmq-server (Debian package), the postgres-rabbitmq profile's broker
 #   - podman, buildah, runc and debootstrap (Debian packages), the container tests
 #   - the Dapr runtime and CLI (scripts/install-dapr.sh; skipped when in place)
 #   - kustomize (pinned, from the Go module proxy) and Dapr's CRDs in the Go module cache, for
@@ -146,6 +147,19 @@ if [ ! -x /usr/lib/postgresql/15/bin/postgres ] && ! command -v postgres >/dev/n
     service postgresql stop >/dev/null 2>&1 || true
   else
     say "WARNING: PostgreSQL is missing; install it (apt-get install postgresql) for the postgres-kafka profile"
+  fi
+fi
+
+# RabbitMQ for the postgres-rabbitmq profile: Debian's server (3.10 on Debian 12), run by
+# scripts/devstack.py with a node, an epmd and a data folder of its own; the package's own
+# service is not used.
+if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing rabbitmq-server (Debian package) for the postgres-rabbitmq profile"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server) >/dev/null
+    service rabbitmq-server stop >/dev/null 2>&1 || true
+  else
+    say "WARNING: rabbitmq-server is missing; install it (apt-get install rabbitmq-server) for the postgres-rabbitmq profile"
   fi
 fi
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
 import threading
 import time
 import uuid
@@ -69,6 +70,9 @@ class Observer:
     """Collects what arrives on the status and dead-letter topics; publishes test messages."""
 
     http_port: int = 0
+    # Its sidecar, and the resources folder that sidecar runs with (for a restart).
+    sidecar: devstack.Sidecar | None = None
+    resources: Path | None = None
     received: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     # Status events that break the published schema (checked with formats, as they come), or
@@ -208,6 +212,7 @@ class Worker:
     client: DaprWorkflowClient
     topic_prefix: str = ""
     env: dict[str, str] = field(default_factory=dict)
+    profile: str = "redis"  # the components/ folder its sidecar runs with
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
@@ -260,6 +265,40 @@ def backend_stack(workdir: Path, backend: str = "redis") -> Iterator[devstack.St
         yield running
 
 
+# The shared backends (components/<profile>) the guarantee tests run on, each with a stack of
+# its own; TEST_BACKENDS (comma-separated) narrows the set.
+BACKENDS = tuple(
+    os.environ.get("TEST_BACKENDS", "redis,postgres-kafka,postgres-rabbitmq").split(",")
+)
+
+
+def per_backend() -> tuple[Any, Any, Any]:
+    """Module-scoped ``backend``, ``stack`` and ``observer`` fixtures, parametrized over
+    BACKENDS, for a test module to take in place of the session's Redis ones::
+
+        backend, stack, observer = per_backend()
+
+    Every test of the module that uses them runs once per backend (pytest groups the tests by
+    backend, so each stack is started once per module); the autouse contract checks and the
+    logs on failure apply to each, as they read ``observer`` and ``stack``."""
+
+    @pytest.fixture(scope="module", params=BACKENDS)
+    def backend(request: pytest.FixtureRequest) -> str:
+        return str(request.param)
+
+    @pytest.fixture(scope="module")
+    def stack(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[devstack.Stack]:
+        with backend_stack(tmp_path_factory.mktemp(backend), backend) as running:
+            yield running
+
+    @pytest.fixture(scope="module")
+    def observer(stack: devstack.Stack, backend: str) -> Iterator[Observer]:
+        with observing(stack, backend) as collected:
+            yield collected
+
+    return backend, stack, observer
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devstack.Stack]:
     with backend_stack(tmp_path_factory.mktemp("stack"), "redis") as running:
@@ -285,17 +324,18 @@ def observing(stack: devstack.Stack, backend: str = "redis") -> Iterator[Observe
     thread.start()
     devstack.wait_until(lambda: devstack.port_open(app_port), 10, "observer app")
     components = stack.components(backend)
-    # Redis Streams deliver as many at once as `concurrency` says: one, as an ordered
-    # consumer reads. (Kafka delivers each partition's messages one after another anyway.)
-    resources = devstack.one_at_a_time(components) if backend == "redis" else components
+    # One delivery at a time, as an ordered consumer reads (Redis Streams and RabbitMQ deliver
+    # as many at once as their settings say; Kafka each partition's one after another).
+    resources = devstack.one_at_a_time(components)
     sidecar = stack.start_sidecar(
         "workflow-client", resources, app_port=app_port, wait_for_app=True
     )
     collected.http_port = sidecar.http_port
+    collected.sidecar, collected.resources = sidecar, resources
     try:
         yield collected
     finally:
-        sidecar.proc.stop()
+        collected.sidecar.proc.stop()
         app.stop()
     # Events that came after the last test ended are checked too.
     errors, violations = collected.new_contract_problems()
@@ -355,7 +395,7 @@ def start_worker(
         sidecar, name=name or app_id, env=worker_env, trust_ready_line=trust_ready_line
     )
     client = DaprWorkflowClient(host="127.0.0.1", port=str(sidecar.grpc_port))
-    return Worker(sidecar, proc, client, topic_prefix, worker_env)
+    return Worker(sidecar, proc, client, topic_prefix, worker_env, profile)
 
 
 @contextlib.contextmanager
@@ -364,12 +404,15 @@ def private_worker(
     name: str,
     env: dict[str, str] | None = None,
     config: Path = devstack.CONFIG,
+    profile: str = "redis",
 ) -> Iterator[Worker]:
     """A worker of its own for one test: app-id ``<name>-worker``, topics ``<name>.workflow.*``
     (the prefix must be in TOPIC_PREFIXES); stopped, with its sidecar, at the end.
     ``config``: its sidecar's Configuration."""
     assert f"{name}." in TOPIC_PREFIXES, f"add {name}. to TOPIC_PREFIXES"
-    running = start_worker(stack, f"{name}-worker", topic_prefix=f"{name}.", env=env, config=config)
+    running = start_worker(
+        stack, f"{name}-worker", topic_prefix=f"{name}.", env=env, config=config, profile=profile
+    )
     try:
         yield running
     finally:
@@ -386,11 +429,27 @@ def restart_sidecar(stack: devstack.Stack, worker: Worker, name: str) -> None:
     old = worker.sidecar
     worker.sidecar = stack.start_sidecar(
         old.app_id,
-        stack.components("redis"),
+        stack.components(worker.profile),
         app_port=old.app_port,
         name=name,
         grpc_port=old.grpc_port,
         http_port=old.http_port,
+    )
+
+
+def restart_observer_sidecar(stack: devstack.Stack, observer: Observer, name: str) -> None:
+    """Stop the observer's sidecar and start it again on the same ports and resources."""
+    old, resources = observer.sidecar, observer.resources
+    assert old is not None and resources is not None, "not an observer started by `observing`"
+    old.proc.stop()
+    observer.sidecar = stack.start_sidecar(
+        old.app_id,
+        resources,
+        app_port=old.app_port,
+        name=name,
+        grpc_port=old.grpc_port,
+        http_port=old.http_port,
+        wait_for_app=True,
     )
 
 

@@ -1,8 +1,13 @@
-"""Delivery guarantees on the shared profile (Redis pub/sub and state, real Dapr stack).
+"""Delivery guarantees on every shared backend (real Dapr stack): the redis profile (Redis
+Streams and Redis state), postgres-kafka and postgres-rabbitmq.
 
-Nothing lost, nothing doubled: under several replicas, crashes, an unreachable sidecar, a Redis
-restart, poison, redelivery storms and SIGTERM. Counts scale with DELIVERY_SCALE (default 1).
-Each test is bounded in count and time and stops what it starts.
+Nothing lost, nothing doubled: under several replicas, crashes, an unreachable sidecar, the
+broker and the database each restarted, early approvals, poison, redelivery storms and
+SIGTERM. Every test runs once per backend: the module's ``stack``, ``observer`` and
+``worker`` are a stack of the backend's own (``backend_stack``), in place of the session's
+Redis ones, so the autouse contract checks (schema, per-instance order by occurred_at) apply
+on each. TEST_BACKENDS (comma-separated) narrows the set. Counts scale with
+DELIVERY_SCALE (default 1). Each test is bounded in count and time and stops what it starts.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ from scripts import devstack
 from tests.integration.conftest import (
     Observer,
     Worker,
+    per_backend,
     private_worker,
+    restart_observer_sidecar,
     restart_sidecar,
     restart_worker,
     start_worker,
@@ -32,6 +39,12 @@ from tests.integration.conftest import (
 from tests.integration.test_approval import worker_history
 
 SCALE = float(os.environ.get("DELIVERY_SCALE", "1"))
+# Which process of each backend's stack is its broker and which its database.
+BROKER = {"redis": "redis", "postgres-kafka": "kafka", "postgres-rabbitmq": "rabbitmq"}
+DATABASE = {"redis": "redis", "postgres-kafka": "postgres", "postgres-rabbitmq": "postgres"}
+# Approvals published before their start are parked this long: on Kafka the first join of a
+# consumer group can keep a start back for seconds after its approval has come.
+_PARKING = {"WORKER_UNKNOWN_INSTANCE_GRACE_SECONDS": "120"}
 # After a sidecar is killed, daprd 1.18.2 can stall an orchestration whose work item was in
 # flight during the actor rebalancing ("Ignoring complete task which no longer exists"): it
 # stays RUNNING and is re-run after a 5-minute timeout, or (2 runs in ~10) not within
@@ -166,11 +179,23 @@ def wait_exactly_once_or_stalled_in_daprd(
         print(f"\n{len(missing)} instances stalled in daprd (RUNNING, no step): {missing}")
 
 
+backend, stack, observer = per_backend()
+
+
 @pytest.fixture(scope="module")
-def replicas(stack: devstack.Stack, observer: Observer) -> Iterator[list[Worker]]:
-    """Two replicas of one app-id, each with its own sidecar, sharing Redis."""
+def worker(stack: devstack.Stack, observer: Observer, backend: str) -> Iterator[Worker]:
+    running = start_worker(stack, "workflow-worker", profile=backend, env=_PARKING)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def replicas(stack: devstack.Stack, observer: Observer, backend: str) -> Iterator[list[Worker]]:
+    """Two replicas of one app-id, each with its own sidecar, sharing the backend."""
     pair = [
-        start_worker(stack, "replica-worker", topic_prefix="rep.", name=f"replica-{n}")
+        start_worker(
+            stack, "replica-worker", topic_prefix="rep.", name=f"replica-{n}", profile=backend
+        )
         for n in ("a", "b")
     ]
     yield pair
@@ -252,17 +277,47 @@ def test_sidecar_down_for_a_while_then_back(
     devstack.wait_until(lambda: _handled(worker) > handled, 60, "replica b serving again")
 
 
-def test_redis_restart_mid_stream(
-    stack: devstack.Stack, replicas: list[Worker], observer: Observer
+@pytest.mark.parametrize("which", ["broker", "database"])
+def test_backend_restart_mid_stream(
+    stack: devstack.Stack, replicas: list[Worker], observer: Observer, backend: str, which: str
 ) -> None:
-    ids = [unique("redis") for _ in range(scaled(100))]
-    redis = next(p for p in stack.procs if p.name == "redis")
+    """The broker, or the database (state store and the worker's records), stopped cleanly
+    and started again on the same port and data while starts are coming: each instance
+    started and completed once."""
+    process = (BROKER if which == "broker" else DATABASE)[backend]
+    if which == "database" and process == BROKER[backend]:
+        pytest.skip(f"{backend}: the database is the broker's process, restarted above")
+    ids = [unique(which) for _ in range(scaled(100))]
     publish_all(observer, "rep.workflow.start", [_greeting(i) for i in ids[: len(ids) // 2]])
-    redis.stop()
-    stack.procs.remove(redis)
-    stack.start_redis(stack.redis_port)
+    stack.restart(process)
+    if process == "rabbitmq":
+        # components-contrib 1.18.3's RabbitMQ subscriber does not always come back from a
+        # broker restart: seen here, a consumer that holds a prefetch's worth of messages
+        # unacknowledged and hands none of them on, on the worker's start queue and on the
+        # observer's status queue, until its sidecar's connection closes. Nothing is lost
+        # (the broker requeues what a closed connection held), but nothing moves: restart the
+        # sidecars, as an operator must (README, "Choosing a backend").
+        for n, replica in enumerate(replicas):
+            replica.sidecar.proc.stop()
+            restart_sidecar(stack, replica, f"daprd-replica-{'ab'[n]}-{which}")
+        restart_observer_sidecar(stack, observer, f"daprd-workflow-client-{which}")
     publish_all(observer, "rep.workflow.start", [_greeting(i) for i in ids[len(ids) // 2 :]])
     wait_exactly_once(observer, "rep.workflow.status", ids, ("started", "completed"), timeout=300)
+
+
+def test_approvals_published_before_their_starts_are_parked_and_delivered(
+    worker: Worker, observer: Observer
+) -> None:
+    """Each approval comes before the start of its instance (published first): the worker
+    parks it, and delivers it once the instance waits for it; raised once each."""
+    ids = [unique("early") for _ in range(10)]
+    publish_all(observer, "workflow.approval", [{"instance_id": i, "data": True} for i in ids])
+    publish_all(observer, "workflow.start", [_approval_start(i) for i in ids])
+    wait_exactly_once(
+        observer, "workflow.status", ids, ("started", "event_raised", "completed"), timeout=180
+    )
+    completed = [e for i in ids for e in observer.for_instance(i) if e.data["event"] == "completed"]
+    assert {e.data["output"]["status"] for e in completed} == {"approved"}
 
 
 # ---- poison ------------------------------------------------------------------------------
@@ -381,7 +436,15 @@ def test_hand_written_poison(
     raw: bytes | None,
     content_type: str,
     reason: str,
+    backend: str,
 ) -> None:
+    if backend == "postgres-kafka" and reason == "the limit is":
+        # Kafka refuses a message above 1 MB at the publish (the producer's maxMessageBytes
+        # and the broker's message.max.bytes): the publisher gets the error (500 from its
+        # sidecar), and the worker never sees the message, so there is nothing to reject.
+        with pytest.raises(AssertionError, match="500"):
+            observer.publish(topic, body, raw=raw, content_type=content_type)
+        return
     message_id = observer.publish(topic, body, raw=raw, content_type=content_type)
     rejected = observer.wait_for("rejection", lambda: observer.for_message(message_id), timeout=30)
     assert reason in rejected[0].data["reason"]
@@ -415,18 +478,26 @@ def test_redelivery_storm_ends_as_if_delivered_once(worker: Worker, observer: Ob
     publish_all(observer, "workflow.start", storm)
     derived_ids = {b["_id"] for b in starts if "instance_id" not in b}
     wait_exactly_once(observer, "workflow.status", orders + greetings, ("started",), 120)
-    derived_started = observer.wait_for(
-        "derived starts",
-        lambda: [
+
+    def derived_started() -> list[Any]:
+        return [
             e
             for e in observer.events()
             if e.data.get("correlation_id") in derived_ids and e.data["event"] == "started"
-        ],
+        ]
+
+    # Counted by message, not by delivery: a broker may hand the observer one status event
+    # twice (Kafka may, after a rebalance), which is allowed (same CloudEvent id).
+    observer.wait_for(
+        "derived starts",
+        lambda: list({e.data["correlation_id"]: e for e in derived_started()}.values()),
         count=len(derived_ids),
     )
-    assert len({e.data["instance_id"] for e in derived_started}) == len(derived_ids), (
+    instances = {e.data["instance_id"] for e in derived_started()}
+    assert len(instances) == len(derived_ids), (
         "one instance per distinct message, however often it came"
     )
+    assert_none_doubled(observer, "workflow.status", sorted(instances))
 
     approvals: list[dict[str, Any]] = []
     for instance_id in orders:
@@ -446,8 +517,8 @@ def test_redelivery_storm_ends_as_if_delivered_once(worker: Worker, observer: Ob
 
 
 @pytest.fixture
-def term_worker(stack: devstack.Stack, observer: Observer) -> Iterator[Worker]:
-    with private_worker(stack, "term") as running:
+def term_worker(stack: devstack.Stack, observer: Observer, backend: str) -> Iterator[Worker]:
+    with private_worker(stack, "term", profile=backend) as running:
         yield running
 
 

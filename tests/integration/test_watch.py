@@ -1,5 +1,6 @@
 """The watch: changes made by others (the dapr CLI, other clients, daprd itself) reach the
-status topic too, once each, marked observed, as a consumer sees them."""
+status topic too, once each, marked observed, as a consumer sees them. Every test runs once
+per shared backend (``per_backend``: redis, postgres-kafka, postgres-rabbitmq)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from dapr.ext.workflow import DaprWorkflowClient
 
@@ -21,6 +23,7 @@ from tests.integration.conftest import (
     Observer,
     Received,
     Worker,
+    per_backend,
     restart_worker,
     start_worker,
     unique,
@@ -39,9 +42,12 @@ FAST = {
 }
 
 
+backend, stack, observer = per_backend()
+
+
 @pytest.fixture(scope="module")
-def watched(stack: devstack.Stack, observer: Observer) -> Iterator[Worker]:
-    running = start_worker(stack, APP_ID, topic_prefix=PREFIX, env=FAST)
+def watched(stack: devstack.Stack, observer: Observer, backend: str) -> Iterator[Worker]:
+    running = start_worker(stack, APP_ID, topic_prefix=PREFIX, env=FAST, profile=backend)
     yield running
     running.stop()
 
@@ -201,7 +207,7 @@ def test_a_step_in_flight_too_long_is_reported_stalled_then_unstalled(
 
 
 def test_a_purge_made_while_the_watching_worker_was_down_is_published_after_it_returns(
-    stack: devstack.Stack, watched: Worker, observer: Observer
+    stack: devstack.Stack, watched: Worker, observer: Observer, backend: str
 ) -> None:
     """A purge needs a sidecar that hosts the workflows, i.e. a running worker: here a second
     replica with the watch turned off keeps them hosted while the watching one is down."""
@@ -211,6 +217,7 @@ def test_a_purge_made_while_the_watching_worker_was_down_is_published_after_it_r
         topic_prefix=PREFIX,
         env={**FAST, "WORKER_WATCH_ENABLED": "false"},
         name=f"{APP_ID}-keeper",
+        profile=backend,
     )
     try:
         instance_id = unique("down")
@@ -241,12 +248,12 @@ def _retention_config(stack: devstack.Stack) -> Path:
 
 
 def test_a_purge_by_the_retention_policy_is_published(
-    stack: devstack.Stack, observer: Observer
+    stack: devstack.Stack, observer: Observer, backend: str
 ) -> None:
     app_port = devstack.free_port()
     sidecar = stack.start_sidecar(
         "retention-worker",
-        stack.components("redis"),
+        stack.components(backend),
         app_port=app_port,
         config=_retention_config(stack),
         name="daprd-retention",
@@ -276,11 +283,13 @@ def test_a_purge_by_the_retention_policy_is_published(
 
 
 def test_killing_the_sweeping_replica_hands_the_watch_over(
-    stack: devstack.Stack, watched: Worker, observer: Observer
+    stack: devstack.Stack, watched: Worker, observer: Observer, backend: str
 ) -> None:
     """Two replicas; the one holding the lease is SIGKILLed with its sidecar: the other takes
     the sweep over within the lease time and misses no purge."""
-    second = start_worker(stack, APP_ID, topic_prefix=PREFIX, env=FAST, name=f"{APP_ID}-2")
+    second = start_worker(
+        stack, APP_ID, topic_prefix=PREFIX, env=FAST, name=f"{APP_ID}-2", profile=backend
+    )
     try:
         ids = [unique("handover") for _ in range(6)]
         for instance_id in ids:
@@ -296,12 +305,28 @@ def test_killing_the_sweeping_replica_hands_the_watch_over(
         sweeping.proc.kill()
         sweeping.sidecar.proc.kill()
         for instance_id in ids:
-            survivor.client.purge_workflow(instance_id)
+            _purge_through_fail_over(survivor, instance_id)
         for instance_id in ids:
             assert_observed(wait_event(observer, instance_id, "purged", timeout=60))
             once_each(observer, instance_id)
     finally:
         second.stop()
+
+
+def _purge_through_fail_over(worker: Worker, instance_id: str, timeout: float = 60) -> None:
+    """Purge as a client would right after a replica's crash: until placement has dropped the
+    dead sidecar, daprd may still route the instance's actor to it and answer UNAVAILABLE
+    (seen on postgres-kafka: "failed to invoke target ... connection refused"); retry that
+    until a deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            worker.client.purge_workflow(instance_id)
+            return
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+            time.sleep(1)
 
 
 def _sweeper(*replicas: Worker) -> Worker:

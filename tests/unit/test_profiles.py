@@ -9,7 +9,7 @@ import pytest
 
 from scripts import devstack
 
-SHARED = ("redis", "postgres-kafka")
+SHARED = ("redis", "postgres-kafka", "postgres-rabbitmq")
 
 
 def _entries(text: str) -> dict[str, str]:
@@ -41,8 +41,21 @@ def test_kafka_is_set_to_lose_nothing() -> None:
     assert kafka["producerRequiredAcks"] == "all"
 
 
-def test_postgres_is_the_actor_state_store_at_v2() -> None:
-    text = (devstack.COMPONENTS / "postgres-kafka" / "statestore.yaml").read_text()
+def test_rabbitmq_is_set_to_lose_nothing() -> None:
+    rabbit = _pubsub("postgres-rabbitmq")
+    assert rabbit["deletedWhenUnused"] == "false"  # the default drops the queue with its reader
+    assert rabbit["durable"] == "true"
+    assert rabbit["deliveryMode"] == "2"  # persistent: the default, 0, dies with the broker
+    assert rabbit["publisherConfirm"] == "true"
+    assert rabbit["autoAck"] == "false"
+    assert rabbit["requeueInFailure"] == "true"  # the default throws away what failed
+    # As many deliveries at once as the worker takes (WORKER_MAX_CONCURRENCY's default).
+    assert rabbit["prefetchCount"] == "32"
+
+
+@pytest.mark.parametrize("profile", ["postgres-kafka", "postgres-rabbitmq"])
+def test_postgres_is_the_actor_state_store_at_v2(profile: str) -> None:
+    text = (devstack.COMPONENTS / profile / "statestore.yaml").read_text()
     assert "type: state.postgresql\n" in text and re.search(r"^  version: v2$", text, re.M)
     assert _entries(text)["actorStateStore"] == "true"
 
@@ -53,3 +66,12 @@ def test_the_stack_fills_in_the_backends_ports(tmp_path: Path) -> None:
     copied = stack.components("postgres-kafka")
     assert "127.0.0.1:25432/dapr" in (copied / "statestore.yaml").read_text()
     assert _entries((copied / "pubsub.yaml").read_text())["brokers"] == "127.0.0.1:29092"
+
+
+def test_the_stack_fills_in_rabbitmqs_port(tmp_path: Path) -> None:
+    stack = devstack.Stack(tmp_path)
+    stack.postgres_port, stack.rabbitmq_port = 25432, 25672
+    copied = stack.components("postgres-rabbitmq")
+    assert "127.0.0.1:25432/dapr" in (copied / "statestore.yaml").read_text()
+    connection = _entries((copied / "pubsub.yaml").read_text())["connectionString"]
+    assert connection == "amqp://guest:guest@127.0.0.1:25672"
