@@ -147,7 +147,8 @@ def test_the_shipped_component_loses_nothing_while_the_worker_is_down(
     # The observer's sidecar was connected through the restart: components-contrib 1.18.3 can
     # come back from it with consumers that hold status events unacknowledged and hand none
     # on (seen: 5 held by 6 consumers of its one queue), so it is restarted, as an operator
-    # must (docs/how-to/profiles.md, "Choosing a backend"). The worker's sidecar was down: it starts afresh.
+    # must (docs/how-to/profiles.md, "Choosing a backend"). The worker's sidecar was down: it
+    # starts afresh.
     restart_observer_sidecar(stack, observer, "daprd-workflow-client-2")
     restarted = start_worker(stack, "workflow-worker", profile=BACKEND, name="worker-2")
     try:
