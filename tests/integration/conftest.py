@@ -299,6 +299,26 @@ def per_backend() -> tuple[Any, Any, Any]:
     return backend, stack, observer
 
 
+def on_backend(name: str) -> tuple[Any, Any]:
+    """Module-scoped ``stack`` and ``observer`` fixtures on the one backend ``name``, for a
+    test module to take in place of the session's Redis ones::
+
+        stack, observer = on_backend("postgres-kafka")
+    """
+
+    @pytest.fixture(scope="module")
+    def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devstack.Stack]:
+        with backend_stack(tmp_path_factory.mktemp(name), name) as running:
+            yield running
+
+    @pytest.fixture(scope="module")
+    def observer(stack: devstack.Stack) -> Iterator[Observer]:
+        with observing(stack, name) as collected:
+            yield collected
+
+    return stack, observer
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devstack.Stack]:
     with backend_stack(tmp_path_factory.mktemp("stack"), "redis") as running:

@@ -21,8 +21,7 @@ from scripts import devstack
 from tests.integration.conftest import (
     Observer,
     Worker,
-    backend_stack,
-    observing,
+    on_backend,
     start_worker,
     unique,
 )
@@ -31,16 +30,7 @@ from worker.idempotency import _PREFIX, message_key
 BACKEND = "postgres-kafka"
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devstack.Stack]:
-    with backend_stack(tmp_path_factory.mktemp(BACKEND), BACKEND) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def observer(stack: devstack.Stack) -> Iterator[Observer]:
-    with observing(stack, BACKEND) as collected:
-        yield collected
+stack, observer = on_backend(BACKEND)
 
 
 @pytest.fixture(scope="module")

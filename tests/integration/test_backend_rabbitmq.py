@@ -22,8 +22,7 @@ from scripts import devstack
 from tests.integration.conftest import (
     Observer,
     Worker,
-    backend_stack,
-    observing,
+    on_backend,
     restart_observer_sidecar,
     start_worker,
     unique,
@@ -51,16 +50,7 @@ spec:
 """
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devstack.Stack]:
-    with backend_stack(tmp_path_factory.mktemp(BACKEND), BACKEND) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def observer(stack: devstack.Stack) -> Iterator[Observer]:
-    with observing(stack, BACKEND) as collected:
-        yield collected
+stack, observer = on_backend(BACKEND)
 
 
 @pytest.fixture(scope="module")

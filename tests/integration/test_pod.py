@@ -17,8 +17,6 @@ import shutil
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import yaml
 from scripts import containers, devstack, pod
 from tests.deploy.schemas import render
 from tests.integration.conftest import Observer, unique
+from tests.integration.test_container import probe
 
 pytestmark = [pytest.mark.integration, pytest.mark.container]
 
@@ -36,16 +35,6 @@ APP_ID = "pod-worker"  # the manifests' workflow-worker, renamed: the test stack
 PREFIX = "pod."
 STATUS = f"{PREFIX}workflow.status"
 BATCH = 40
-
-
-def probe(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as error:
-        return int(error.code)
-    except (urllib.error.URLError, OSError):
-        return None
 
 
 def final_events(observer: Observer, instance_id: str, event: str) -> set[str]:
